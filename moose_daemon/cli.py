@@ -1,0 +1,194 @@
+"""The `moose` command. Workflow verbs speak HTTP to the daemon and import only the standard library;
+`dev`/`prod` and `generate hash-token` import what they need when they run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import quote, urlencode
+
+from .client import ClientError, DaemonClient, Reply, admin_token, daemon_url, find_project
+from .errors import ConfigError
+
+_CYAN, _GREEN, _BOLD, _RESET = "\x1b[38;5;14m", "\x1b[38;5;10m", "\x1b[1m", "\x1b[0m"
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    print(f"moose: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _label(action: str, details: str, color: str, stream: Any = None) -> None:
+    stream = stream or sys.stdout
+    styled = f"{color}{_BOLD}{action:>15}{_RESET}" if stream.isatty() else f"{action:>15}"
+    print(f"{styled} {details}", file=stream)
+
+
+# ---- daemon ---------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .daemon import main as serve_main
+
+    return serve_main(args.command, Path(args.project), port=args.port, log_level=args.log_level)
+
+
+def cmd_hash_token(args: argparse.Namespace) -> int:
+    from .tokens import generate, generate_pbkdf2
+
+    key, token = generate_pbkdf2() if args.pbkdf2 else generate()
+    if args.json:
+        print(json.dumps({"api_key_hash": key, "bearer_token": token}, indent=2))
+        _label("Token", "Generated successfully", _GREEN, sys.stderr)
+    else:
+        _label("ENV API Key", key, _CYAN)
+        _label("Bearer Token", token, _CYAN)
+        _label("Token", "Generated successfully", _GREEN)
+    return 0
+
+
+# ---- workflow verbs -------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> DaemonClient:
+    project = find_project(Path(args.project).resolve())
+    try:
+        return DaemonClient(daemon_url(project), admin_token(project))
+    except (ConfigError, ClientError) as e:
+        _fail(str(e))
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: bytes | None = None) -> Reply:
+    client = _client(args)
+    try:
+        reply = client.call(method, path, body)
+    except ClientError as e:
+        _fail(str(e))
+    if reply.status == 401:
+        _fail(f"{reply.message}. Set MOOSE_ADMIN_TOKEN, or run the CLI in the daemon's project folder.")
+    if not reply.ok:
+        _fail(reply.message)
+    return reply
+
+
+def _name_path(name: str, verb: str) -> str:
+    return f"/admin/workflows/{quote(name, safe='')}/{verb}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    body = None
+    if args.input is not None:
+        try:
+            json.loads(args.input)
+        except ValueError as e:
+            _fail(f"--input is not valid JSON: {e}", 2)
+        body = args.input.encode()
+    data = _call(args, "POST", _name_path(args.name, "trigger"), body).data
+    print(f"Workflow '{args.name}' started successfully.")
+    print(f"  workflowId: {data['workflowId']}")
+    print(f"  runId:      {data['runId']}")
+    if data.get("dashboardUrl"):
+        print(f"  View it at: {data['dashboardUrl']}")
+    return 0
+
+
+def cmd_terminate(args: argparse.Namespace) -> int:
+    reply = _call(args, "POST", _name_path(args.name, "terminate"))
+    print(reply.data["message"].rstrip("\n"))
+    for run in reply.data.get("runs", []):
+        print(f"  {run['workflowId']}  {run['runId']}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    reply = _call(args, "POST", _name_path(args.name, "cancel"))
+    print(reply.data["message"].rstrip("\n"))
+    for run in reply.data.get("runs", []):
+        print(f"  {run['workflowId']}  {run['runId']}  {run['status'].removeprefix('WORKFLOW_EXECUTION_STATUS_')}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    query: dict[str, str] = {"limit": str(args.limit)}
+    if args.status:
+        query["status"] = args.status
+    if args.workflow:
+        query["workflow"] = args.workflow
+    rows = _call(args, "GET", f"/admin/workflows/history?{urlencode(query)}").data
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    header = ("Workflow Name", "Run ID", "Status", "Started At", "Duration")
+    table = [header] + [
+        (r["name"], r["run_id"], r["status"].removeprefix("WORKFLOW_EXECUTION_STATUS_"), r["started_at"], r["duration"])
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+# ---- parser -----------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got '{text}'")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moose", description="MooseStack-compatible workflows, one local process.")
+    parser.add_argument("--project", default=".", help="the project folder (default: the nearest one holding moose.config.toml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for mode, text in (("dev", "run the daemon in dev mode"), ("prod", "run the daemon in prod mode")):
+        p = sub.add_parser(mode, help=text)
+        p.add_argument("--project", default=argparse.SUPPRESS, help="the project folder (default: the current one)")
+        p.add_argument("--port", type=int, help="override http_server_config.port (0 picks a free port)")
+        p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        p.set_defaults(func=cmd_serve)
+
+    gen = sub.add_parser("generate", help="generate credentials")
+    gen_sub = gen.add_subparsers(dest="what", required=True, metavar="WHAT")
+    ht = gen_sub.add_parser("hash-token", help="make an admin key (for the config) and its bearer token")
+    ht.add_argument("--json", action="store_true", help="print JSON on stdout")
+    ht.add_argument("--pbkdf2", action="store_true", help="make a MooseStack-format 40-hex key instead of argon2id")
+    ht.set_defaults(func=cmd_hash_token)
+
+    wf = sub.add_parser("workflow", help="run and manage workflows on the running daemon")
+    wf.add_argument("--project", default=argparse.SUPPRESS, help="the daemon's project folder")
+    wf_sub = wf.add_subparsers(dest="verb", required=True, metavar="VERB")
+    run = wf_sub.add_parser("run", aliases=["r"], help="start a workflow")
+    run.add_argument("name")
+    run.add_argument("-i", "--input", help="the input, as JSON")
+    run.set_defaults(func=cmd_run)
+    term = wf_sub.add_parser("terminate", help="stop at once (a workflowId, or a name: all its runs)")
+    term.add_argument("name")
+    term.set_defaults(func=cmd_terminate)
+    can = wf_sub.add_parser("cancel", aliases=["c"], help="cancel cooperatively; on_cancel handlers run")
+    can.add_argument("name")
+    can.set_defaults(func=cmd_cancel)
+    hist = wf_sub.add_parser("history", aliases=["h"], help="list runs, newest first")
+    hist.add_argument("-s", "--status", help="RUNNING, COMPLETED, FAILED, CANCELED, TERMINATED or TIMED_OUT")
+    hist.add_argument("-l", "--limit", type=_positive_int, default=10)
+    hist.add_argument("-w", "--workflow", help="only runs of this workflow")
+    hist.add_argument("--json", action="store_true")
+    hist.set_defaults(func=cmd_history)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Runs one workflow run: walks the task tree, with per-attempt timeouts, retries and cancellation.
+
+It knows the store and the definitions, not the web layer. Every cancellation carries a reason
+(`LiveRun.cancel_reason`: terminate, cancel, shutdown; none means the workflow timed out), and the
+final writes are shielded so they survive the cancellation they record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .clock import Clock
+from .definitions import Task, TaskContext
+from .durations import format_duration
+from .models import AttemptRecord, AttemptStatus, CancelReason, RunRecord, RunStatus, new_run_id, now_us
+from .registry import LiveRun
+from .store import Store
+from .validation import InputError, OutputError, coerce_input, dump_output
+
+log = logging.getLogger("moose_daemon.executor")
+
+ON_CANCEL_TIMEOUT_S = 30.0
+# A task interrupted this many times by daemon crashes fails instead of crashing the daemon forever.
+MAX_INTERRUPTIONS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Temporal's defaults: 1 s, doubling, capped at 100 s."""
+
+    initial_s: float = 1.0
+    coefficient: float = 2.0
+    maximum_s: float = 100.0
+
+    def delay(self, failures: int) -> float:
+        return float(min(self.initial_s * self.coefficient ** (failures - 1), self.maximum_s))
+
+
+class TaskFailed(Exception):
+    """A task used up its attempts (or failed in a way retrying cannot fix)."""
+
+
+class _AttemptFailed(Exception):
+    def __init__(self, error_type: str, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.retryable = retryable
+
+
+_CANCELLED_ATTEMPT = {
+    CancelReason.TERMINATE: AttemptStatus.TERMINATED,
+    CancelReason.CANCEL: AttemptStatus.CANCELED,
+    CancelReason.SHUTDOWN: AttemptStatus.INTERRUPTED,
+}
+
+
+class Executor:
+    def __init__(self, store: Store, clock: Clock, threads: ThreadPoolExecutor, retry: RetryPolicy) -> None:
+        self._store = store
+        self._clock = clock
+        self._threads = threads
+        self._retry = retry
+
+    async def run(self, live: LiveRun) -> RunRecord | None:
+        """Drive `live` to its end; return the next run when a workflow-level retry is due."""
+        workflow = live.workflow
+        try:
+            if live.delay_s:
+                await self._clock.sleep(live.delay_s)
+            async with asyncio.timeout(workflow.timeout_s):
+                await self._run_tree(live, workflow.starting_task, live.record.input_json)
+            status, error = RunStatus.COMPLETED, None
+        except TaskFailed as e:
+            status, error = RunStatus.FAILED, str(e)
+        except TimeoutError:
+            status, error = RunStatus.TIMED_OUT, f"Workflow timed out after {_fmt(workflow.timeout_s)}"
+        except asyncio.CancelledError:
+            if live.cancel_reason is CancelReason.CANCEL:
+                await asyncio.shield(self._finish(live, RunStatus.CANCELED, "Cancelled by user request"))
+            # terminate wrote its own final status; a shutdown leaves the run RUNNING to resume at start
+            raise
+        except Exception as e:  # a bug of ours, never the user's: their errors are caught per attempt
+            log.exception("run.internal_error run_id=%s", live.run_id)
+            status, error = RunStatus.FAILED, f"internal error: {type(e).__name__}: {e}"
+        return await asyncio.shield(self._finish(live, status, error))
+
+    async def _finish(self, live: LiveRun, status: RunStatus, error: str | None) -> RunRecord | None:
+        if live.outcome is not None:  # terminate (or another path) got there first
+            return None
+        live.outcome = status
+        record = live.record
+        retry = None
+        if status in (RunStatus.FAILED, RunStatus.TIMED_OUT) and record.attempt <= live.workflow.retries:
+            retry = RunRecord(
+                run_id=new_run_id(), workflow_id=record.workflow_id, workflow=record.workflow,
+                status=RunStatus.RUNNING, input_json=record.input_json, started_at=now_us(),
+                attempt=record.attempt + 1,
+            )
+        ended = now_us()
+        await self._store.finish_run(record.run_id, status, ended, error, next_run=retry)
+        record.status, record.ended_at, record.error = status, ended, error
+        log.info("run.finished run_id=%s workflow_id=%s status=%s", record.run_id, record.workflow_id, status.short)
+        return retry
+
+    async def _run_tree(self, live: LiveRun, task: Task[Any, Any], input_json: str | None) -> None:
+        """Depth-first, sequential: each child of `on_complete` gets the parent's output."""
+        output = live.completed.get(task.name)
+        if output is None:
+            output = await self._run_task(live, task, input_json)
+        for child in task.on_complete:
+            await self._run_tree(live, child, output)
+
+    async def _run_task(self, live: LiveRun, task: Task[Any, Any], input_json: str | None) -> str:
+        max_attempts = task.retries + 1
+        number = live.next_attempt.get(task.name, 1)
+        if number - 1 - live.failures.get(task.name, 0) >= MAX_INTERRUPTIONS:
+            raise TaskFailed(f"Task '{task.name}' was interrupted {MAX_INTERRUPTIONS} times by daemon restarts")
+        while True:
+            attempt = AttemptRecord(
+                live.run_id, task.name, number, AttemptStatus.RUNNING, now_us(), input_json=input_json
+            )
+            self._store.start_attempt(attempt)
+            live.next_attempt[task.name] = number + 1
+            try:
+                attempt.output_json = await self._attempt(live, task, attempt)
+            except _AttemptFailed as e:
+                failures = live.failures[task.name] = live.failures.get(task.name, 0) + 1
+                attempt.status, attempt.ended_at = AttemptStatus.FAILED, now_us()
+                attempt.error_type, attempt.error = e.error_type, e.message
+                await asyncio.shield(self._store.end_attempt(attempt))
+                log.info("task.failed run_id=%s task=%s attempt=%d error=%s", live.run_id, task.name, number, e)
+                if not e.retryable or failures >= max_attempts:
+                    raise TaskFailed(
+                        f"Task '{task.name}' failed after {failures} attempt(s): {e.error_type}: {e.message}"
+                    ) from None
+                await self._clock.sleep(self._retry.delay(failures))
+                number += 1
+                continue
+            attempt.status, attempt.ended_at = AttemptStatus.COMPLETED, now_us()
+            await asyncio.shield(self._store.end_attempt(attempt))
+            return attempt.output_json
+
+    async def _attempt(self, live: LiveRun, task: Task[Any, Any], attempt: AttemptRecord) -> str:
+        """One attempt; returns the output JSON or raises _AttemptFailed (or CancelledError)."""
+        try:
+            raw = None if attempt.input_json is None else orjson.loads(attempt.input_json)
+            value = coerce_input(task.name, task.input_type, raw)
+        except InputError as e:
+            raise _AttemptFailed("InputError", str(e), retryable=False) from None
+        ctx: TaskContext[Any] = TaskContext(
+            state={}, input=value, workflow_id=live.workflow_id, run_id=live.run_id,
+            task=task.name, attempt=attempt.attempt,
+        )
+        live.context = ctx
+        deadline = asyncio.timeout(task.timeout_s)
+        try:
+            async with deadline:
+                result = await self._call(task.config.run, ctx)
+        except asyncio.CancelledError:
+            ctx._cancel_event.set()
+            await asyncio.shield(self._cancelled(live, task, ctx, attempt))
+            raise
+        except TimeoutError as e:
+            if deadline.expired():
+                ctx._cancel_event.set()
+                raise _AttemptFailed("TimeoutError", f"Task '{task.name}' timed out after {_fmt(task.timeout_s)}") from None
+            raise _AttemptFailed(type(e).__name__, str(e) or repr(e)) from None
+        except (Exception, SystemExit) as e:  # user code: anything it raises fails the attempt, never the daemon
+            raise _AttemptFailed(type(e).__name__, str(e) or repr(e)) from None
+        finally:
+            live.context = None
+        try:
+            return dump_output(result)
+        except OutputError as e:
+            raise _AttemptFailed("OutputError", f"Task '{task.name}' {e}", retryable=False) from None
+
+    async def _cancelled(self, live: LiveRun, task: Task[Any, Any], ctx: TaskContext[Any], attempt: AttemptRecord) -> None:
+        reason = live.cancel_reason
+        if reason in (CancelReason.CANCEL, CancelReason.SHUTDOWN) and task.config.on_cancel is not None:
+            try:
+                async with asyncio.timeout(ON_CANCEL_TIMEOUT_S):
+                    await self._call(task.config.on_cancel, ctx)
+            except (Exception, SystemExit, asyncio.CancelledError) as e:
+                log.warning("task.on_cancel_failed run_id=%s task=%s error=%r", live.run_id, task.name, e)
+        attempt.status = _CANCELLED_ATTEMPT.get(reason, AttemptStatus.CANCELED) if reason else AttemptStatus.CANCELED
+        attempt.ended_at = now_us()
+        attempt.error = f"cancelled: {reason.value if reason else 'workflow timed out'}"
+        await self._store.end_attempt(attempt)
+
+    async def _call(self, fn: Callable[[TaskContext[Any]], Any], ctx: TaskContext[Any]) -> Any:
+        """`async def` runs on the loop; a plain `def` runs in a thread so it cannot block the loop."""
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):  # noqa: B004
+            return await fn(ctx)
+        result = await asyncio.get_running_loop().run_in_executor(self._threads, fn, ctx)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+def _fmt(seconds: float | None) -> str:
+    return "never" if seconds is None else format_duration(seconds)

@@ -1,0 +1,33 @@
+-- Schema version 1. Times are microseconds since the Unix epoch (UTC).
+CREATE TABLE runs (
+    run_id      TEXT PRIMARY KEY,
+    workflow_id TEXT NOT NULL,
+    workflow    TEXT NOT NULL,
+    status      TEXT NOT NULL,           -- RunStatus name: RUNNING, COMPLETED, ...
+    input       TEXT,                    -- compact JSON, NULL when triggered without input
+    started_at  INTEGER NOT NULL,
+    ended_at    INTEGER,
+    error       TEXT,
+    attempt     INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX runs_by_start ON runs (started_at DESC, run_id DESC);
+CREATE INDEX runs_by_status ON runs (status, started_at DESC, run_id DESC);
+CREATE INDEX runs_by_workflow ON runs (workflow, started_at DESC, run_id DESC);
+CREATE INDEX runs_by_workflow_id ON runs (workflow_id, started_at DESC);
+-- One open run per workflowId, whatever the engine's memory says.
+CREATE UNIQUE INDEX runs_one_running ON runs (workflow_id) WHERE status = 'RUNNING';
+
+CREATE TABLE task_attempts (
+    run_id      TEXT NOT NULL,
+    task        TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    status      TEXT NOT NULL,           -- AttemptStatus
+    started_at  INTEGER NOT NULL,
+    ended_at    INTEGER,
+    input       TEXT,
+    output      TEXT,
+    error_type  TEXT,
+    error       TEXT,
+    PRIMARY KEY (run_id, task, attempt)
+) WITHOUT ROWID;
+CREATE INDEX attempts_running ON task_attempts (status) WHERE status = 'RUNNING';

@@ -1,0 +1,314 @@
+"""All SQL lives here. One writer connection with group commit, one reader connection (WAL).
+
+Writes are queued; a single writer task commits everything queued so far in one transaction, each
+item inside its own savepoint so that one failing item does not take the others down. An awaited
+write returns only after its transaction committed: that is what makes a 200 on trigger durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from .errors import StoreError
+from .models import AttemptRecord, AttemptStatus, RunRecord, RunStatus
+
+log = logging.getLogger("moose_daemon.store")
+
+SCHEMA_VERSION = 1
+Op = tuple[str, Sequence[Any]]
+_RUN_COLUMNS = "run_id, workflow_id, workflow, status, input, started_at, ended_at, error, attempt"
+_ATTEMPT_COLUMNS = "run_id, task, attempt, status, started_at, ended_at, input, output, error_type, error"
+
+
+@dataclass(slots=True)
+class _Pending:
+    ops: list[Op]
+    done: asyncio.Future[None] | None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    limit: int = 10
+    status: RunStatus | None = None
+    workflow: str | None = None
+    since_us: int | None = None
+    until_us: int | None = None
+    before: tuple[int, str] | None = None  # keyset cursor: (started_at, run_id) of the last row seen
+
+
+class Store:
+    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._pending: list[_Pending] = []
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._write_task: asyncio.Task[None] = asyncio.create_task(self._write_loop(), name="store-writer")
+
+    @classmethod
+    async def open(cls, path: Path, *, synchronous: str = "NORMAL") -> Store:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writer = await aiosqlite.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot open database {path}: {e}") from None
+        try:
+            await _prepare(writer, synchronous)
+            await _migrate(writer, path)
+            reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            await reader.execute("PRAGMA busy_timeout = 5000")
+        except sqlite3.Error as e:
+            await writer.close()
+            raise StoreError(f"cannot open database {path}: {e}") from None
+        except StoreError:
+            await writer.close()
+            raise
+        return cls(path, writer, reader)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wakeup.set()
+        await self._write_task
+        await self._reader.close()
+        await self._writer.close()
+
+    # ---- the writer ---------------------------------------------------------------------------
+
+    async def _write(self, ops: list[Op]) -> None:
+        if self._closing:
+            raise StoreError("the store is closed")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(ops, done))
+        self._wakeup.set()
+        await done
+
+    def _write_later(self, ops: list[Op]) -> None:
+        """Queue a write nobody waits for; it still commits before any write queued after it."""
+        if not self._closing:
+            self._pending.append(_Pending(ops, None))
+            self._wakeup.set()
+
+    async def _write_loop(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                continue
+            batch, self._pending = self._pending, []
+            try:
+                # aiosqlite has no public call that runs several statements in one hop to its thread.
+                results: list[BaseException | None] = await self._writer._execute(
+                    _apply_batch, self._writer._conn, batch
+                )
+            except Exception as e:  # the batch never ran; fail every item in it
+                results = [e] * len(batch)
+            for item, error in zip(batch, results, strict=True):
+                _settle(item, error)
+
+    # ---- writes -------------------------------------------------------------------------------
+
+    async def insert_run(self, run: RunRecord) -> None:
+        """Durable on return. Raises StoreError, or sqlite3.IntegrityError if the workflowId is running."""
+        await self._write([_insert_run_op(run)])
+
+    async def finish_run(
+        self, run_id: str, status: RunStatus, ended_at: int, error: str | None, *, next_run: RunRecord | None = None
+    ) -> None:
+        """Close a RUNNING run (a no-op if it is already closed) and optionally open its retry, atomically."""
+        ops: list[Op] = [
+            (
+                "UPDATE runs SET status = ?, ended_at = ?, error = ? WHERE run_id = ? AND status = 'RUNNING'",
+                (status.name, ended_at, error, run_id),
+            )
+        ]
+        if next_run is not None:
+            ops.append(_insert_run_op(next_run))
+        await self._write(ops)
+
+    def start_attempt(self, attempt: AttemptRecord) -> None:
+        self._write_later(
+            [
+                (
+                    f"INSERT OR REPLACE INTO task_attempts ({_ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        attempt.run_id, attempt.task, attempt.attempt, attempt.status.value, attempt.started_at,
+                        attempt.ended_at, attempt.input_json, attempt.output_json, attempt.error_type, attempt.error,
+                    ),
+                )
+            ]
+        )
+
+    async def end_attempt(self, attempt: AttemptRecord) -> None:
+        """Durable on return: a COMPLETED attempt is never run again after a crash."""
+        await self._write(
+            [
+                (
+                    f"INSERT OR REPLACE INTO task_attempts ({_ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        attempt.run_id, attempt.task, attempt.attempt, attempt.status.value, attempt.started_at,
+                        attempt.ended_at, attempt.input_json, attempt.output_json, attempt.error_type, attempt.error,
+                    ),
+                )
+            ]
+        )
+
+    async def mark_interrupted_attempts(self, ended_at: int) -> None:
+        """At start: attempts left RUNNING by a crash were interrupted."""
+        await self._write(
+            [("UPDATE task_attempts SET status = 'INTERRUPTED', ended_at = ? WHERE status = 'RUNNING'", (ended_at,))]
+        )
+
+    # ---- reads --------------------------------------------------------------------------------
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return list(await self._reader.execute_fetchall(sql, params))
+        except sqlite3.Error as e:
+            raise StoreError(f"database read failed: {e}") from None
+
+    async def history(self, q: HistoryQuery) -> list[RunRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if q.status is not None:
+            where.append("status = ?")
+            params.append(q.status.name)
+        if q.workflow is not None:
+            where.append("workflow = ?")
+            params.append(q.workflow)
+        if q.since_us is not None:
+            where.append("started_at >= ?")
+            params.append(q.since_us)
+        if q.until_us is not None:
+            where.append("started_at < ?")
+            params.append(q.until_us)
+        if q.before is not None:
+            where.append("(started_at < ? OR (started_at = ? AND run_id < ?))")
+            params.extend((q.before[0], q.before[0], q.before[1]))
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started_at DESC, run_id DESC LIMIT ?"
+        params.append(q.limit)
+        return [_run(row) for row in await self._fetch(sql, params)]
+
+    async def running_runs(self) -> list[RunRecord]:
+        rows = await self._fetch(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status = 'RUNNING' ORDER BY started_at")
+        return [_run(row) for row in rows]
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        rows = await self._fetch(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
+        return _run(rows[0]) if rows else None
+
+    async def latest_run(self, workflow_id: str) -> RunRecord | None:
+        rows = await self._fetch(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE workflow_id = ? ORDER BY started_at DESC LIMIT 1", (workflow_id,)
+        )
+        return _run(rows[0]) if rows else None
+
+    async def latest_run_of_workflow(self, workflow: str) -> RunRecord | None:
+        rows = await self._fetch(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE workflow = ? ORDER BY started_at DESC, run_id DESC LIMIT 1",
+            (workflow,),
+        )
+        return _run(rows[0]) if rows else None
+
+    async def attempts(self, run_id: str) -> list[AttemptRecord]:
+        rows = await self._fetch(
+            f"SELECT {_ATTEMPT_COLUMNS} FROM task_attempts WHERE run_id = ? ORDER BY started_at, attempt", (run_id,)
+        )
+        return [_attempt(row) for row in rows]
+
+
+def _insert_run_op(run: RunRecord) -> Op:
+    return (
+        f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+        (
+            run.run_id, run.workflow_id, run.workflow, run.status.name, run.input_json,
+            run.started_at, run.ended_at, run.error, run.attempt,
+        ),
+    )
+
+
+def _run(row: Sequence[Any]) -> RunRecord:
+    return RunRecord(row[0], row[1], row[2], RunStatus[row[3]], row[4], row[5], row[6], row[7], row[8])
+
+
+def _attempt(row: Sequence[Any]) -> AttemptRecord:
+    return AttemptRecord(row[0], row[1], row[2], AttemptStatus(row[3]), row[4], row[5], row[6], row[7], row[8], row[9])
+
+
+def _settle(item: _Pending, error: BaseException | None) -> None:
+    if item.done is None:
+        if error is not None:
+            log.error("store.write_failed error=%s", error)
+        return
+    if item.done.done():  # the waiter was cancelled; the write itself still happened or failed
+        return
+    if error is None:
+        item.done.set_result(None)
+    elif isinstance(error, sqlite3.IntegrityError):
+        item.done.set_exception(error)
+    else:
+        item.done.set_exception(StoreError(f"database write failed: {error}"))
+
+
+def _apply_batch(conn: sqlite3.Connection, batch: list[_Pending]) -> list[BaseException | None]:
+    """Runs in the writer connection's thread: one transaction, one savepoint per item."""
+    results: list[BaseException | None] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for item in batch:
+            conn.execute("SAVEPOINT item")
+            try:
+                for sql, params in item.ops:
+                    conn.execute(sql, params)
+            except sqlite3.Error as e:
+                conn.execute("ROLLBACK TO item")
+                results.append(e)
+            else:
+                results.append(None)
+            conn.execute("RELEASE item")
+        conn.execute("COMMIT")
+    except sqlite3.Error as e:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        return [e] * len(batch)
+    return results
+
+
+async def _prepare(conn: aiosqlite.Connection, synchronous: str) -> None:
+    await conn.execute("PRAGMA busy_timeout = 5000")
+    row = await (await conn.execute("PRAGMA journal_mode = WAL")).fetchone()
+    if row is None or str(row[0]).lower() != "wal":
+        raise StoreError("cannot switch the database to WAL mode")
+    await conn.execute(f"PRAGMA synchronous = {synchronous}")
+
+
+async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
+    row = await (await conn.execute("PRAGMA user_version")).fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} was written by a newer moose_daemon (schema {version}, this one knows {SCHEMA_VERSION})"
+        )
+    if version == 0:
+        tables = await conn.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
+        if list(tables):
+            raise StoreError(f"{path} is a SQLite database of something else (it has tables but no schema version)")
+        schema = resources.files("moose_daemon").joinpath("schema.sql").read_text()
+        await conn.executescript(f"BEGIN;\n{schema}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")

@@ -1,0 +1,233 @@
+"""The aiohttp app: the daemon's only door. Handlers parse, call the engine, render."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .auth import Authenticator
+from .durations import format_duration, format_started_at, iso_utc
+from .engine import Engine
+from .errors import InvalidRequest, MooseError
+from .jsonbody import InvalidJson, parse_body
+from .models import AttemptRecord, RunRecord, RunStatus
+from .store import HistoryQuery
+
+log = logging.getLogger("moose_daemon.web")
+
+MAX_HISTORY_LIMIT = 1000
+DEFAULT_HISTORY_LIMIT = 10
+
+ENGINE = web.AppKey("engine", Engine)
+AUTH = web.AppKey("auth", Authenticator)
+DASHBOARD_BASE = web.AppKey("dashboard_base", str)  # "" outside dev mode
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+def error_response(status: int, error: str, details: str) -> web.Response:
+    return json_response({"error": error, "details": details}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One error shape for everything, and never a traceback on the wire."""
+    try:
+        return await handler(request)
+    except MooseError as e:
+        return error_response(e.status, e.error, e.details)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        details = e.text or e.reason
+        if e.status == 404:
+            details = f"No route {request.method} {request.path}"
+        elif e.status == 405:
+            details = f"{request.method} is not allowed on {request.path}"
+        elif e.status == 413:
+            details = f"Request body too large. Maximum size is {request.app._client_max_size} bytes"
+        return error_response(e.status, e.reason, details)
+    except Exception:
+        log.exception("http.internal_error method=%s path=%s", request.method, request.path)
+        return error_response(500, "Internal error", "the daemon hit an unexpected error; see its log")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/admin"):
+        problem = await request.app[AUTH].check(request.headers.get("Authorization"))
+        if problem is not None:
+            return web.Response(status=401, text=problem)
+    return await handler(request)
+
+
+# ---- handlers -----------------------------------------------------------------------------------
+
+
+async def trigger(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    try:
+        payload = parse_body(await request.read())
+    except InvalidJson as e:
+        raise InvalidRequest(e.details, error="Invalid JSON body") from None
+    record = await request.app[ENGINE].trigger(name, payload)
+    body = {"workflowId": record.workflow_id, "runId": record.run_id}
+    base = request.app[DASHBOARD_BASE]
+    if base:
+        body["dashboardUrl"] = f"{base}/admin/runs/{record.run_id}"
+    return json_response(body)
+
+
+async def terminate(request: web.Request) -> web.Response:
+    target = request.match_info["name"]
+    runs = await request.app[ENGINE].terminate(target)
+    return json_response(
+        {
+            "status": "terminated",
+            "message": f"'{target}' terminated successfully\n",
+            "runs": [{"workflowId": r.workflow_id, "runId": r.run_id} for r in runs],
+        }
+    )
+
+
+async def cancel(request: web.Request) -> web.Response:
+    target = request.match_info["name"]
+    runs = await request.app[ENGINE].cancel(target)
+    return json_response(
+        {
+            "status": "cancelled",
+            "message": f"'{target}' cancellation requested successfully\n",
+            "runs": [{"workflowId": r.workflow_id, "runId": r.run_id, "status": r.status.value} for r in runs],
+        }
+    )
+
+
+async def history(request: web.Request) -> web.Response:
+    query = parse_history_query(request)
+    records = await request.app[ENGINE].history(query)
+    now = time.time()
+    headers = {}
+    if len(records) == query.limit:
+        last = records[-1]
+        headers["X-Next-Cursor"] = f"{last.started_at}_{last.run_id}"
+    return json_response([history_entry(r, now) for r in records], headers=headers)
+
+
+async def run_detail(request: web.Request) -> web.Response:
+    record, attempts = await request.app[ENGINE].run_detail(request.match_info["run_id"])
+    entry = history_entry(record, time.time())
+    entry["input"] = None if record.input_json is None else orjson.loads(record.input_json)
+    entry["tasks"] = [attempt_entry(a) for a in attempts]
+    return json_response(entry)
+
+
+async def health(request: web.Request) -> web.Response:
+    return json_response({"status": "healthy"})
+
+
+async def root(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    return json_response(
+        {"name": "moose_daemon", "workflows": sorted(engine.workflows), "live_runs": len(engine.registry)}
+    )
+
+
+# ---- rendering and parsing ------------------------------------------------------------------------
+
+
+def history_entry(r: RunRecord, now: float) -> dict[str, Any]:
+    end = r.ended_at / 1e6 if r.ended_at is not None else now
+    return {
+        "name": r.workflow_id,
+        "run_id": r.run_id,
+        "status": r.status.value,
+        "started_at": format_started_at(r.started_at / 1e6),
+        "duration": format_duration(max(0.0, end - r.started_at / 1e6)),
+        "workflow": r.workflow,
+        "ended_at": None if r.ended_at is None else format_started_at(r.ended_at / 1e6),
+        "attempt": r.attempt,
+        "error": r.error,
+    }
+
+
+def attempt_entry(a: AttemptRecord) -> dict[str, Any]:
+    return {
+        "task": a.task,
+        "attempt": a.attempt,
+        "status": a.status.value,
+        "started_at": iso_utc(a.started_at / 1e6),
+        "ended_at": None if a.ended_at is None else iso_utc(a.ended_at / 1e6),
+        "input": None if a.input_json is None else orjson.loads(a.input_json),
+        "output": None if a.output_json is None else orjson.loads(a.output_json),
+        "error_type": a.error_type,
+        "error": a.error,
+    }
+
+
+def _single(request: web.Request, key: str) -> str | None:
+    values = request.query.getall(key, [])
+    if len(values) > 1:
+        raise InvalidRequest(f"query parameter '{key}' was given {len(values)} times", error="Invalid query")
+    return values[0] if values else None
+
+
+def _timestamp(request: web.Request, key: str) -> int | None:
+    raw = _single(request, key)
+    if raw is None:
+        return None
+    try:
+        return int(float(raw) * 1e6)
+    except ValueError:
+        raise InvalidRequest(f"{key} must be unix seconds, got '{raw}'", error="Invalid query") from None
+
+
+def parse_history_query(request: web.Request) -> HistoryQuery:
+    status = None
+    raw_status = _single(request, "status")
+    if raw_status:
+        try:
+            status = RunStatus.parse(raw_status)
+        except ValueError as e:
+            raise InvalidRequest(str(e), error="Invalid query") from None
+    limit = DEFAULT_HISTORY_LIMIT
+    raw_limit = _single(request, "limit")
+    if raw_limit is not None:
+        if not raw_limit.strip().isdigit() or int(raw_limit) < 1:
+            raise InvalidRequest(f"limit must be a whole number from 1 to 1000, got '{raw_limit}'", error="Invalid query")
+        limit = min(int(raw_limit), MAX_HISTORY_LIMIT)
+    before = None
+    cursor = _single(request, "cursor")
+    if cursor:
+        started, _, run_id = cursor.partition("_")
+        if not started.isdigit() or not run_id:
+            raise InvalidRequest(f"cursor '{cursor}' is not one this daemon returned", error="Invalid query")
+        before = (int(started), run_id)
+    return HistoryQuery(
+        limit=limit, status=status, workflow=_single(request, "workflow") or None,
+        since_us=_timestamp(request, "since"), until_us=_timestamp(request, "until"), before=before,
+    )
+
+
+def build_app(engine: Engine, auth: Authenticator, *, dashboard_base: str, max_body: int) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=max_body)
+    app[ENGINE] = engine
+    app[AUTH] = auth
+    app[DASHBOARD_BASE] = dashboard_base
+    app.router.add_get("/", root)
+    for path in ("/health", "/liveness", "/ready"):
+        app.router.add_get(path, health)
+    app.router.add_post("/admin/workflows/{name}/trigger", trigger)
+    app.router.add_post("/admin/workflows/{name}/terminate", terminate)
+    app.router.add_post("/admin/workflows/{name}/cancel", cancel)
+    app.router.add_get("/admin/workflows/history", history)
+    app.router.add_get("/admin/runs/{run_id}", run_detail)
+    return app
