@@ -13,7 +13,15 @@ __version__ = "0.1.0"
 __all__ = ["Task", "TaskConfig", "TaskContext", "Workflow", "WorkflowConfig", "get_workflow", "get_workflows"]
 
 if TYPE_CHECKING:
-    from .definitions import Task, TaskConfig, TaskContext, Workflow, WorkflowConfig, get_workflow, get_workflows
+    from .definitions import (
+        Task,
+        TaskConfig,
+        TaskContext,
+        Workflow,
+        WorkflowConfig,
+        get_workflow,
+        get_workflows,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -31,7 +31,7 @@ class Authenticator:
 
     async def check(self, header: str | None) -> str | None:
         """None when the request may pass, else the 401 message."""
-        token = header[len(_PREFIX):] if header is not None and header.startswith(_PREFIX) else None
+        token = header[len(_PREFIX) :] if header is not None and header.startswith(_PREFIX) else None
         if token is not None and self._local is not None and hmac.compare_digest(token.encode(), self._local):
             return None
         if self._key is None:

@@ -107,7 +107,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     reply = _call(args, "POST", _name_path(args.name, "cancel"))
     print(reply.data["message"].rstrip("\n"))
     for run in reply.data.get("runs", []):
-        print(f"  {run['workflowId']}  {run['runId']}  {run['status'].removeprefix('WORKFLOW_EXECUTION_STATUS_')}")
+        print(
+            f"  {run['workflowId']}  {run['runId']}  {run['status'].removeprefix('WORKFLOW_EXECUTION_STATUS_')}"
+        )
     return 0
 
 
@@ -123,7 +125,13 @@ def cmd_history(args: argparse.Namespace) -> int:
         return 0
     header = ("Workflow Name", "Run ID", "Status", "Started At", "Duration")
     table = [header] + [
-        (r["name"], r["run_id"], r["status"].removeprefix("WORKFLOW_EXECUTION_STATUS_"), r["started_at"], r["duration"])
+        (
+            r["name"],
+            r["run_id"],
+            r["status"].removeprefix("WORKFLOW_EXECUTION_STATUS_"),
+            r["started_at"],
+            r["duration"],
+        )
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -142,13 +150,21 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moose", description="MooseStack-compatible workflows, one local process.")
-    parser.add_argument("--project", default=".", help="the project folder (default: the nearest one holding moose.config.toml)")
+    parser = argparse.ArgumentParser(
+        prog="moose", description="MooseStack-compatible workflows, one local process."
+    )
+    parser.add_argument(
+        "--project",
+        default=".",
+        help="the project folder (default: the nearest one holding moose.config.toml)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for mode, text in (("dev", "run the daemon in dev mode"), ("prod", "run the daemon in prod mode")):
         p = sub.add_parser(mode, help=text)
-        p.add_argument("--project", default=argparse.SUPPRESS, help="the project folder (default: the current one)")
+        p.add_argument(
+            "--project", default=argparse.SUPPRESS, help="the project folder (default: the current one)"
+        )
         p.add_argument("--port", type=int, help="override http_server_config.port (0 picks a free port)")
         p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
         p.set_defaults(func=cmd_serve)
@@ -157,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen_sub = gen.add_subparsers(dest="what", required=True, metavar="WHAT")
     ht = gen_sub.add_parser("hash-token", help="make an admin key (for the config) and its bearer token")
     ht.add_argument("--json", action="store_true", help="print JSON on stdout")
-    ht.add_argument("--pbkdf2", action="store_true", help="make a MooseStack-format 40-hex key instead of argon2id")
+    ht.add_argument(
+        "--pbkdf2", action="store_true", help="make a MooseStack-format 40-hex key instead of argon2id"
+    )
     ht.set_defaults(func=cmd_hash_token)
 
     wf = sub.add_parser("workflow", help="run and manage workflows on the running daemon")

@@ -6,18 +6,13 @@ Standard library only: the CLI imports this to find the daemon.
 from __future__ import annotations
 
 import os
-import sys
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 CONFIG_FILE = "moose.config.toml"
 STATE_DIR = ".moose"
@@ -100,7 +95,9 @@ def load_config(
     project_dir = project_dir.resolve()
     path = project_dir / CONFIG_FILE
     if require_file and not path.exists():
-        raise ConfigError(f"no {CONFIG_FILE} in {project_dir} (use --project DIR or run from a project folder)")
+        raise ConfigError(
+            f"no {CONFIG_FILE} in {project_dir} (use --project DIR or run from a project folder)"
+        )
     data = _read_file(path)
     values: dict[str, Any] = {}
     for (section, key), (kind, default) in _KEYS.items():

@@ -56,7 +56,9 @@ def main(mode: str, project_dir: Path, *, port: int | None = None, log_level: st
         return 130
 
 
-async def serve(config: Config, admin_key: AdminKey | None, workflows: dict[str, Workflow], *, dev: bool) -> int:
+async def serve(
+    config: Config, admin_key: AdminKey | None, workflows: dict[str, Workflow], *, dev: bool
+) -> int:
     try:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         store = await Store.open(config.state_dir / DB_FILE)
@@ -68,21 +70,28 @@ async def serve(config: Config, admin_key: AdminKey | None, workflows: dict[str,
     auth = Authenticator(admin_key, local_token)
     runner: web.AppRunner | None = None
     try:
-        app = build_app(engine, auth, dashboard_base=config.url if dev else "", max_body=config.max_request_body_size)
+        app = build_app(
+            engine, auth, dashboard_base=config.url if dev else "", max_body=config.max_request_body_size
+        )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, config.bind_host, config.port, backlog=1024)
         try:
             await site.start()
         except OSError as e:
-            reason = "is already in use" if e.errno == errno.EADDRINUSE else f"cannot be opened ({e.strerror})"
+            reason = (
+                "is already in use" if e.errno == errno.EADDRINUSE else f"cannot be opened ({e.strerror})"
+            )
             print(f"moose: port {config.port} on {config.bind_host} {reason}", file=sys.stderr)
             return 1
         await engine.start()  # after the port is ours, before the ready line: recovered runs resume first
         url = _actual_url(config, runner)
         _write_daemon_file(config.state_dir, url)
-        print(f"moose_daemon ready at {url} ({'dev' if dev else 'prod'}, {len(workflows)} workflows: "
-              f"{', '.join(sorted(workflows)) or 'none'})", flush=True)
+        print(
+            f"moose_daemon ready at {url} ({'dev' if dev else 'prod'}, {len(workflows)} workflows: "
+            f"{', '.join(sorted(workflows)) or 'none'})",
+            flush=True,
+        )
         await _until_signalled()
         log.info("daemon.stopping")
         await site.stop()

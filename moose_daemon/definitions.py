@@ -44,14 +44,14 @@ class TaskContext(Generic[T]):
 
 
 TaskRun = Callable[[TaskContext[Any]], Any | Awaitable[Any]]
-TaskCancel = Callable[[TaskContext[Any]], None | Awaitable[None]]
+TaskCancel = Callable[[TaskContext[Any]], Awaitable[None] | None]
 
 
 @dataclass
 class TaskConfig(Generic[T, U]):
     run: Callable[[TaskContext[T]], U | Awaitable[U]]
     on_complete: list[Task[Any, Any]] | None = None
-    on_cancel: Callable[[TaskContext[T]], None | Awaitable[None]] | None = None
+    on_cancel: Callable[[TaskContext[T]], Awaitable[None] | None] | None = None
     timeout: str | None = None
     retries: int | None = None
 
@@ -125,7 +125,9 @@ class Workflow:
 
     def _index_tasks(self, task: Task[Any, Any], path: tuple[str, ...]) -> None:
         if task.name in path:
-            raise DefinitionError(f"workflow '{self.name}': task '{task.name}' completes into itself (a cycle)")
+            raise DefinitionError(
+                f"workflow '{self.name}': task '{task.name}' completes into itself (a cycle)"
+            )
         if task.name in self.tasks and self.tasks[task.name] is not task:
             raise DefinitionError(f"workflow '{self.name}': two different tasks are named '{task.name}'")
         self.tasks[task.name] = task
@@ -154,7 +156,9 @@ def _check_timeout(value: str | None, default: str, where: str) -> float | None:
     if value is None or value == "":
         value = default
     if not isinstance(value, str):
-        raise DefinitionError(f"{where}: timeout must be a string such as '30s', '5m' or 'never', got {value!r}")
+        raise DefinitionError(
+            f"{where}: timeout must be a string such as '30s', '5m' or 'never', got {value!r}"
+        )
     try:
         return parse_duration(value)
     except InvalidDuration as e:

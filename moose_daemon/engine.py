@@ -70,7 +70,7 @@ class Engine:
         runs = list(self.registry)
         for live in runs:
             self.registry.cancel(live, CancelReason.SHUTDOWN)
-        await self.registry.wait(runs, timeout=grace_s)
+        await self.registry.wait(runs, grace_s=grace_s)
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     # ---- commands -----------------------------------------------------------------------------
@@ -78,7 +78,9 @@ class Engine:
     async def trigger(self, name: str, payload: JsonInput | None) -> RunRecord:
         """Start a run; return only once it is stored."""
         if not self._accepting:
-            raise Unavailable("the daemon is starting or stopping; try again", error="Failed to start workflow")
+            raise Unavailable(
+                "the daemon is starting or stopping; try again", error="Failed to start workflow"
+            )
         workflow = self.workflows.get(name)
         if workflow is None:
             raise NotFound(f"Could not find workflow '{name}'", error="Failed to start workflow")
@@ -86,11 +88,16 @@ class Engine:
         running = self.registry.by_workflow_id(wid)
         if running is not None:
             raise Conflict(
-                f"Workflow '{wid}' is already running (runId {running.run_id})", error="Failed to start workflow"
+                f"Workflow '{wid}' is already running (runId {running.run_id})",
+                error="Failed to start workflow",
             )
         record = RunRecord(
-            run_id=new_run_id(), workflow_id=wid, workflow=name, status=RunStatus.RUNNING,
-            input_json=None if payload is None else payload.compact, started_at=now_us(),
+            run_id=new_run_id(),
+            workflow_id=wid,
+            workflow=name,
+            status=RunStatus.RUNNING,
+            input_json=None if payload is None else payload.compact,
+            started_at=now_us(),
         )
         live = LiveRun(record, workflow)
         self.registry.reserve(live)
@@ -122,9 +129,13 @@ class Engine:
                 stopped.append(live)
         try:
             for live in stopped:
-                await self.store.finish_run(live.run_id, RunStatus.TERMINATED, ended, "Terminated by user request")
+                await self.store.finish_run(
+                    live.run_id, RunStatus.TERMINATED, ended, "Terminated by user request"
+                )
         except StoreError as e:
-            raise Unavailable(f"the termination could not be stored: {e}", error="Failed to terminate workflow") from None
+            raise Unavailable(
+                f"the termination could not be stored: {e}", error="Failed to terminate workflow"
+            ) from None
         for live in stopped:
             live.record.status, live.record.ended_at = RunStatus.TERMINATED, ended
             live.record.error = "Terminated by user request"
@@ -143,7 +154,7 @@ class Engine:
             raise Conflict(f"Workflow '{target}' has already completed", error="Failed to cancel workflow")
         for live in runs:
             self.registry.cancel(live, CancelReason.CANCEL)
-        await self.registry.wait(runs, timeout=wait_s)
+        await self.registry.wait(runs, grace_s=wait_s)
         return [live.record for live in runs]
 
     # ---- queries ------------------------------------------------------------------------------

@@ -101,14 +101,20 @@ class Executor:
         retry = None
         if status in (RunStatus.FAILED, RunStatus.TIMED_OUT) and record.attempt <= live.workflow.retries:
             retry = RunRecord(
-                run_id=new_run_id(), workflow_id=record.workflow_id, workflow=record.workflow,
-                status=RunStatus.RUNNING, input_json=record.input_json, started_at=now_us(),
+                run_id=new_run_id(),
+                workflow_id=record.workflow_id,
+                workflow=record.workflow,
+                status=RunStatus.RUNNING,
+                input_json=record.input_json,
+                started_at=now_us(),
                 attempt=record.attempt + 1,
             )
         ended = now_us()
         await self._store.finish_run(record.run_id, status, ended, error, next_run=retry)
         record.status, record.ended_at, record.error = status, ended, error
-        log.info("run.finished run_id=%s workflow_id=%s status=%s", record.run_id, record.workflow_id, status.short)
+        log.info(
+            "run.finished run_id=%s workflow_id=%s status=%s", record.run_id, record.workflow_id, status.short
+        )
         return retry
 
     async def _run_tree(self, live: LiveRun, task: Task[Any, Any], input_json: str | None) -> None:
@@ -123,7 +129,9 @@ class Executor:
         max_attempts = task.retries + 1
         number = live.next_attempt.get(task.name, 1)
         if number - 1 - live.failures.get(task.name, 0) >= MAX_INTERRUPTIONS:
-            raise TaskFailed(f"Task '{task.name}' was interrupted {MAX_INTERRUPTIONS} times by daemon restarts")
+            raise TaskFailed(
+                f"Task '{task.name}' was interrupted {MAX_INTERRUPTIONS} times by daemon restarts"
+            )
         while True:
             attempt = AttemptRecord(
                 live.run_id, task.name, number, AttemptStatus.RUNNING, now_us(), input_json=input_json
@@ -137,7 +145,9 @@ class Executor:
                 attempt.status, attempt.ended_at = AttemptStatus.FAILED, now_us()
                 attempt.error_type, attempt.error = e.error_type, e.message
                 await asyncio.shield(self._store.end_attempt(attempt))
-                log.info("task.failed run_id=%s task=%s attempt=%d error=%s", live.run_id, task.name, number, e)
+                log.info(
+                    "task.failed run_id=%s task=%s attempt=%d error=%s", live.run_id, task.name, number, e
+                )
                 if not e.retryable or failures >= max_attempts:
                     raise TaskFailed(
                         f"Task '{task.name}' failed after {failures} attempt(s): {e.error_type}: {e.message}"
@@ -157,8 +167,12 @@ class Executor:
         except InputError as e:
             raise _AttemptFailed("InputError", str(e), retryable=False) from None
         ctx: TaskContext[Any] = TaskContext(
-            state={}, input=value, workflow_id=live.workflow_id, run_id=live.run_id,
-            task=task.name, attempt=attempt.attempt,
+            state={},
+            input=value,
+            workflow_id=live.workflow_id,
+            run_id=live.run_id,
+            task=task.name,
+            attempt=attempt.attempt,
         )
         live.context = ctx
         deadline = asyncio.timeout(task.timeout_s)
@@ -172,9 +186,14 @@ class Executor:
         except TimeoutError as e:
             if deadline.expired():
                 ctx._cancel_event.set()
-                raise _AttemptFailed("TimeoutError", f"Task '{task.name}' timed out after {_fmt(task.timeout_s)}") from None
+                raise _AttemptFailed(
+                    "TimeoutError", f"Task '{task.name}' timed out after {_fmt(task.timeout_s)}"
+                ) from None
             raise _AttemptFailed(type(e).__name__, str(e) or repr(e)) from None
-        except (Exception, SystemExit) as e:  # user code: anything it raises fails the attempt, never the daemon
+        except (
+            Exception,
+            SystemExit,
+        ) as e:  # user code: anything it raises fails the attempt, never the daemon
             raise _AttemptFailed(type(e).__name__, str(e) or repr(e)) from None
         finally:
             live.context = None
@@ -183,7 +202,9 @@ class Executor:
         except OutputError as e:
             raise _AttemptFailed("OutputError", f"Task '{task.name}' {e}", retryable=False) from None
 
-    async def _cancelled(self, live: LiveRun, task: Task[Any, Any], ctx: TaskContext[Any], attempt: AttemptRecord) -> None:
+    async def _cancelled(
+        self, live: LiveRun, task: Task[Any, Any], ctx: TaskContext[Any], attempt: AttemptRecord
+    ) -> None:
         reason = live.cancel_reason
         if reason in (CancelReason.CANCEL, CancelReason.SHUTDOWN) and task.config.on_cancel is not None:
             try:
@@ -191,7 +212,9 @@ class Executor:
                     await self._call(task.config.on_cancel, ctx)
             except (Exception, SystemExit, asyncio.CancelledError) as e:
                 log.warning("task.on_cancel_failed run_id=%s task=%s error=%r", live.run_id, task.name, e)
-        attempt.status = _CANCELLED_ATTEMPT.get(reason, AttemptStatus.CANCELED) if reason else AttemptStatus.CANCELED
+        attempt.status = (
+            _CANCELLED_ATTEMPT.get(reason, AttemptStatus.CANCELED) if reason else AttemptStatus.CANCELED
+        )
         attempt.ended_at = now_us()
         attempt.error = f"cancelled: {reason.value if reason else 'workflow timed out'}"
         await self._store.end_attempt(attempt)

@@ -79,7 +79,7 @@ class Registry:
         live.task.cancel(reason.value)
         return True
 
-    async def wait(self, runs: list[LiveRun], timeout: float | None) -> None:
+    async def wait(self, runs: list[LiveRun], grace_s: float | None) -> None:
         tasks = [live.task for live in runs if live.task is not None]
         if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+            await asyncio.wait(tasks, timeout=grace_s)

@@ -8,6 +8,7 @@ write returns only after its transaction committed: that is what makes a 200 on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Sequence
@@ -109,7 +110,7 @@ class Store:
             batch, self._pending = self._pending, []
             try:
                 # aiosqlite has no public call that runs several statements in one hop to its thread.
-                results: list[BaseException | None] = await self._writer._execute(
+                results: list[BaseException | None] = await self._writer._execute(  # type: ignore[no-untyped-call]
                     _apply_batch, self._writer._conn, batch
                 )
             except Exception as e:  # the batch never ran; fail every item in it
@@ -124,7 +125,13 @@ class Store:
         await self._write([_insert_run_op(run)])
 
     async def finish_run(
-        self, run_id: str, status: RunStatus, ended_at: int, error: str | None, *, next_run: RunRecord | None = None
+        self,
+        run_id: str,
+        status: RunStatus,
+        ended_at: int,
+        error: str | None,
+        *,
+        next_run: RunRecord | None = None,
     ) -> None:
         """Close a RUNNING run (a no-op if it is already closed) and optionally open its retry, atomically."""
         ops: list[Op] = [
@@ -143,8 +150,16 @@ class Store:
                 (
                     f"INSERT OR REPLACE INTO task_attempts ({_ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (
-                        attempt.run_id, attempt.task, attempt.attempt, attempt.status.value, attempt.started_at,
-                        attempt.ended_at, attempt.input_json, attempt.output_json, attempt.error_type, attempt.error,
+                        attempt.run_id,
+                        attempt.task,
+                        attempt.attempt,
+                        attempt.status.value,
+                        attempt.started_at,
+                        attempt.ended_at,
+                        attempt.input_json,
+                        attempt.output_json,
+                        attempt.error_type,
+                        attempt.error,
                     ),
                 )
             ]
@@ -157,8 +172,16 @@ class Store:
                 (
                     f"INSERT OR REPLACE INTO task_attempts ({_ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (
-                        attempt.run_id, attempt.task, attempt.attempt, attempt.status.value, attempt.started_at,
-                        attempt.ended_at, attempt.input_json, attempt.output_json, attempt.error_type, attempt.error,
+                        attempt.run_id,
+                        attempt.task,
+                        attempt.attempt,
+                        attempt.status.value,
+                        attempt.started_at,
+                        attempt.ended_at,
+                        attempt.input_json,
+                        attempt.output_json,
+                        attempt.error_type,
+                        attempt.error,
                     ),
                 )
             ]
@@ -167,7 +190,12 @@ class Store:
     async def mark_interrupted_attempts(self, ended_at: int) -> None:
         """At start: attempts left RUNNING by a crash were interrupted."""
         await self._write(
-            [("UPDATE task_attempts SET status = 'INTERRUPTED', ended_at = ? WHERE status = 'RUNNING'", (ended_at,))]
+            [
+                (
+                    "UPDATE task_attempts SET status = 'INTERRUPTED', ended_at = ? WHERE status = 'RUNNING'",
+                    (ended_at,),
+                )
+            ]
         )
 
     # ---- reads --------------------------------------------------------------------------------
@@ -204,7 +232,9 @@ class Store:
         return [_run(row) for row in await self._fetch(sql, params)]
 
     async def running_runs(self) -> list[RunRecord]:
-        rows = await self._fetch(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status = 'RUNNING' ORDER BY started_at")
+        rows = await self._fetch(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE status = 'RUNNING' ORDER BY started_at"
+        )
         return [_run(row) for row in rows]
 
     async def get_run(self, run_id: str) -> RunRecord | None:
@@ -213,7 +243,8 @@ class Store:
 
     async def latest_run(self, workflow_id: str) -> RunRecord | None:
         rows = await self._fetch(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE workflow_id = ? ORDER BY started_at DESC LIMIT 1", (workflow_id,)
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE workflow_id = ? ORDER BY started_at DESC LIMIT 1",
+            (workflow_id,),
         )
         return _run(rows[0]) if rows else None
 
@@ -226,7 +257,8 @@ class Store:
 
     async def attempts(self, run_id: str) -> list[AttemptRecord]:
         rows = await self._fetch(
-            f"SELECT {_ATTEMPT_COLUMNS} FROM task_attempts WHERE run_id = ? ORDER BY started_at, attempt", (run_id,)
+            f"SELECT {_ATTEMPT_COLUMNS} FROM task_attempts WHERE run_id = ? ORDER BY started_at, attempt",
+            (run_id,),
         )
         return [_attempt(row) for row in rows]
 
@@ -235,8 +267,15 @@ def _insert_run_op(run: RunRecord) -> Op:
     return (
         f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
         (
-            run.run_id, run.workflow_id, run.workflow, run.status.name, run.input_json,
-            run.started_at, run.ended_at, run.error, run.attempt,
+            run.run_id,
+            run.workflow_id,
+            run.workflow,
+            run.status.name,
+            run.input_json,
+            run.started_at,
+            run.ended_at,
+            run.error,
+            run.attempt,
         ),
     )
 
@@ -246,7 +285,9 @@ def _run(row: Sequence[Any]) -> RunRecord:
 
 
 def _attempt(row: Sequence[Any]) -> AttemptRecord:
-    return AttemptRecord(row[0], row[1], row[2], AttemptStatus(row[3]), row[4], row[5], row[6], row[7], row[8], row[9])
+    return AttemptRecord(
+        row[0], row[1], row[2], AttemptStatus(row[3]), row[4], row[5], row[6], row[7], row[8], row[9]
+    )
 
 
 def _settle(item: _Pending, error: BaseException | None) -> None:
@@ -283,10 +324,8 @@ def _apply_batch(conn: sqlite3.Connection, batch: list[_Pending]) -> list[BaseEx
         conn.execute("COMMIT")
     except sqlite3.Error as e:
         if conn.in_transaction:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
         return [e] * len(batch)
     return results
 
@@ -309,6 +348,8 @@ async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
     if version == 0:
         tables = await conn.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
         if list(tables):
-            raise StoreError(f"{path} is a SQLite database of something else (it has tables but no schema version)")
+            raise StoreError(
+                f"{path} is a SQLite database of something else (it has tables but no schema version)"
+            )
         schema = resources.files("moose_daemon").joinpath("schema.sql").read_text()
         await conn.executescript(f"BEGIN;\n{schema}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")

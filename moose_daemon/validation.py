@@ -38,7 +38,9 @@ def coerce_input(task: str, tp: Any, value: Any) -> Any:
         try:
             return tp.model_validate(value)
         except Exception as e:  # pydantic's ValidationError names each failing field
-            raise InputError(f"Input data does not match task '{task}' input type {_type_name(tp)}: {e}") from None
+            raise InputError(
+                f"Input data does not match task '{task}' input type {_type_name(tp)}: {e}"
+            ) from None
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return _coerce_dataclass(task, tp, value)
     check = origin or tp
@@ -56,7 +58,9 @@ def _coerce_dataclass(task: str, tp: type, value: Any) -> Any:
     fields = {f.name: f for f in dataclasses.fields(tp) if f.init}
     unknown = sorted(set(value) - set(fields))
     if unknown:
-        raise InputError(f"Input data does not match task '{task}' input type {name}: unknown field '{unknown[0]}'")
+        raise InputError(
+            f"Input data does not match task '{task}' input type {name}: unknown field '{unknown[0]}'"
+        )
     for f in fields.values():
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if required and f.name not in value:

@@ -31,7 +31,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
 
 
 def error_response(status: int, error: str, details: str) -> web.Response:
@@ -106,7 +108,9 @@ async def cancel(request: web.Request) -> web.Response:
         {
             "status": "cancelled",
             "message": f"'{target}' cancellation requested successfully\n",
-            "runs": [{"workflowId": r.workflow_id, "runId": r.run_id, "status": r.status.value} for r in runs],
+            "runs": [
+                {"workflowId": r.workflow_id, "runId": r.run_id, "status": r.status.value} for r in runs
+            ],
         }
     )
 
@@ -202,7 +206,9 @@ def parse_history_query(request: web.Request) -> HistoryQuery:
     raw_limit = _single(request, "limit")
     if raw_limit is not None:
         if not raw_limit.strip().isdigit() or int(raw_limit) < 1:
-            raise InvalidRequest(f"limit must be a whole number from 1 to 1000, got '{raw_limit}'", error="Invalid query")
+            raise InvalidRequest(
+                f"limit must be a whole number from 1 to 1000, got '{raw_limit}'", error="Invalid query"
+            )
         limit = min(int(raw_limit), MAX_HISTORY_LIMIT)
     before = None
     cursor = _single(request, "cursor")
@@ -212,8 +218,12 @@ def parse_history_query(request: web.Request) -> HistoryQuery:
             raise InvalidRequest(f"cursor '{cursor}' is not one this daemon returned", error="Invalid query")
         before = (int(started), run_id)
     return HistoryQuery(
-        limit=limit, status=status, workflow=_single(request, "workflow") or None,
-        since_us=_timestamp(request, "since"), until_us=_timestamp(request, "until"), before=before,
+        limit=limit,
+        status=status,
+        workflow=_single(request, "workflow") or None,
+        since_us=_timestamp(request, "since"),
+        until_us=_timestamp(request, "until"),
+        before=before,
     )
 
 

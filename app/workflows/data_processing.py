@@ -16,8 +16,8 @@ RECORDS_PER_SOURCE = 1000
 
 @dataclass
 class Source:
-    sourceUrl: str = "https://api.example.com/data"  # noqa: N815 - the seed's JSON field names
-    batchSize: int = 100  # noqa: N815
+    sourceUrl: str = "https://api.example.com/data"
+    batchSize: int = 100
 
 
 async def extract(ctx: TaskContext[Source | None]) -> dict[str, Any]:
@@ -36,7 +36,9 @@ async def transform(ctx: TaskContext[dict[str, Any]]) -> dict[str, Any]:
     batches = []
     for start in range(0, len(records), size):
         batch = records[start : start + size]
-        batches.append({"first_id": batch[0]["id"], "count": len(batch), "sum": sum(r["value"] for r in batch)})
+        batches.append(
+            {"first_id": batch[0]["id"], "count": len(batch), "sum": sum(r["value"] for r in batch)}
+        )
         ctx.state["batches_done"] += 1
         await asyncio.sleep(0.01)  # stands in for per-batch work
     return {"source": ctx.input["source"], "batches": batches}
