@@ -1,0 +1,159 @@
+"""Shared test harness: a real SQLite file, a real aiohttp server on an ephemeral loopback port,
+and (for the smoke tests) the real `moose` command in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from moose_daemon.auth import Authenticator
+from moose_daemon.engine import Engine
+from moose_daemon.loader import load_workflows
+from moose_daemon.store import Store
+from moose_daemon.tokens import AdminKey
+from moose_daemon.web import build_app
+
+FIXTURE_PROJECT = Path(__file__).parent / "fixture_project"
+REPO = Path(__file__).resolve().parent.parent
+MOOSE = Path(sys.executable).parent / "moose"
+
+# A real pair made by MooseStack's own `moose generate hash-token` (reference §2.2).
+KEY = "f4d2103456c63793d3e7571f52d3e250b387b061"
+TOKEN = "430f0a069188d45e51871da8a782a758.a76e57c17106cb7e7a7bd9dbdfa0ccea"
+AUTH_HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class FakeClock:
+    """Real wall time, but `sleep` returns at once and remembers what was asked (retry backoff)."""
+
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+
+    def time(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    target = tmp_path / "project"
+    shutil.copytree(FIXTURE_PROJECT, target, ignore=shutil.ignore_patterns("__pycache__", ".moose", "*.log"))
+    return target
+
+
+def executions(project: Path) -> list[str]:
+    log = project / "executions.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@dataclass
+class Harness:
+    client: TestClient[Any, Any]
+    engine: Engine
+    store: Store
+    clock: FakeClock
+    project: Path
+    db_path: Path
+    headers: dict[str, str] = field(default_factory=lambda: dict(AUTH_HEADERS))
+
+    async def trigger(self, name: str, body: bytes | str | None = None) -> dict[str, Any]:
+        resp = await self.client.post(f"/admin/workflows/{name}/trigger", data=body, headers=self.headers)
+        assert resp.status == 200, await resp.text()
+        data: dict[str, Any] = await resp.json()
+        return data
+
+    async def run(self, run_id: str) -> dict[str, Any]:
+        resp = await self.client.get(f"/admin/runs/{run_id}", headers=self.headers)
+        assert resp.status == 200, await resp.text()
+        data: dict[str, Any] = await resp.json()
+        return data
+
+    async def wait_status(self, run_id: str, status: str, within_s: float = 10.0) -> dict[str, Any]:
+        """Poll until the run reaches `status` (short form, e.g. COMPLETED); fail after `within_s`."""
+        deadline = time.monotonic() + within_s
+        while True:
+            run = await self.run(run_id)
+            if run["status"].endswith(status):
+                return run
+            if time.monotonic() > deadline:
+                raise AssertionError(f"run {run_id} is {run['status']}, not {status}: {run}")
+            await asyncio.sleep(0.02)
+
+
+async def make_harness(
+    aiohttp_client: Any, project: Path, db_path: Path, *, admin_key: str | None = KEY, dev: bool = True
+) -> tuple[Harness, Authenticator]:
+    store = await Store.open(db_path)
+    clock = FakeClock()
+    engine = Engine(store, load_workflows(project, "app"), clock=clock)
+    await engine.start()
+    auth = Authenticator(AdminKey.parse(admin_key) if admin_key else None, None)
+    app = build_app(engine, auth, dashboard_base="http://localhost:4000" if dev else "", max_body=1024 * 1024)
+    client = await aiohttp_client(app)
+    return Harness(client, engine, store, clock, project, db_path), auth
+
+
+@pytest.fixture
+async def harness(aiohttp_client: Any, project: Path) -> AsyncIterator[Harness]:
+    h, auth = await make_harness(aiohttp_client, project, project / ".moose" / "moose.db")
+    yield h
+    await h.engine.stop(2.0)
+    auth.close()
+    await h.store.close()
+
+
+class DaemonProcess:
+    """The real `moose dev` in a subprocess, on a port the OS picks."""
+
+    def __init__(self, project: Path, *, env: dict[str, str] | None = None, mode: str = "dev") -> None:
+        self.project = project
+        full_env = {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen(
+            [str(MOOSE), mode, "--project", str(project), "--port", "0", "--log-level", "warning"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "ready at" not in line:
+            self.proc.kill()
+            raise AssertionError(f"daemon did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}")
+        self.url = line.split("ready at ", 1)[1].split()[0]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+@pytest.fixture
+def daemon_factory() -> Iterator[Any]:
+    started: list[DaemonProcess] = []
+
+    def start(project: Path, **kwargs: Any) -> DaemonProcess:
+        d = DaemonProcess(project, **kwargs)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()

@@ -1,0 +1,201 @@
+"""Workflows for the test suite. Tasks append to executions.log beside the project so tests (and
+the crash test's fresh process) can count what ran."""
+
+import asyncio
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moose_daemon import Task, TaskConfig, TaskContext, Workflow, WorkflowConfig
+
+LOG = Path(__file__).resolve().parent.parent / "executions.log"
+_lock = threading.Lock()
+
+
+def record(line: str) -> None:
+    with _lock, LOG.open("a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@dataclass
+class Person:
+    name: str
+    email: str | None = None
+
+
+# hello: one task, any object input or none.
+def hello_run(ctx: TaskContext[dict | None]) -> dict[str, Any]:
+    return {"hello": (ctx.input or {}).get("name", "world")}
+
+
+Workflow(
+    name="hello",
+    config=WorkflowConfig(
+        starting_task=Task[dict | None, dict](name="hello", config=TaskConfig(run=hello_run))
+    ),
+)
+
+
+# typed: input must be a Person (dataclass).
+def typed_run(ctx: TaskContext[Person]) -> str:
+    return f"hi {ctx.input.name}"
+
+
+Workflow(
+    name="typed",
+    config=WorkflowConfig(
+        starting_task=Task[Person, str](name="greet", config=TaskConfig(run=typed_run)), retries=0
+    ),
+)
+
+
+# chain: a -> b -> c, each adds one to its input and records that it ran.
+async def step(ctx: TaskContext[int | None]) -> int:
+    record(f"{ctx.run_id} {ctx.task}")
+    return (ctx.input or 0) + 1
+
+
+_c = Task[int, int](name="c", config=TaskConfig(run=step))
+_b = Task[int, int](name="b", config=TaskConfig(run=step, on_complete=[_c]))
+_a = Task[int | None, int](name="a", config=TaskConfig(run=step, on_complete=[_b]))
+Workflow(name="chain", config=WorkflowConfig(starting_task=_a))
+
+
+# slow: sleeps until cancelled; on_cancel sees the same state.
+async def slow_run(ctx: TaskContext[Any]) -> str:
+    ctx.state["started"] = True
+    record(f"{ctx.run_id} slow started")
+    await asyncio.sleep(3600)
+    return "woke"
+
+
+async def slow_cancel(ctx: TaskContext[Any]) -> None:
+    record(f"{ctx.run_id} slow on_cancel state={sorted(ctx.state)}")
+
+
+Workflow(
+    name="slow",
+    config=WorkflowConfig(
+        starting_task=Task[Any, str](
+            name="sleepy", config=TaskConfig(run=slow_run, on_cancel=slow_cancel, timeout="never")
+        ),
+        timeout="never",
+    ),
+)
+
+
+# blocking: a plain def that polls ctx.cancelled; its late result must never be recorded.
+def blocking_run(ctx: TaskContext[Any]) -> str:
+    record(f"{ctx.run_id} blocking started")
+    deadline = time.monotonic() + 30
+    while not ctx.cancelled and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # keeps going a little after cancellation, as a thread would
+    record(f"{ctx.run_id} blocking returned cancelled={ctx.cancelled}")
+    return "late"
+
+
+Workflow(
+    name="blocking",
+    config=WorkflowConfig(starting_task=Task[Any, str](name="block", config=TaskConfig(run=blocking_run))),
+)
+
+
+# failing: always raises; one task retry, no workflow retry.
+def failing_run(ctx: TaskContext[Any]) -> None:
+    record(f"{ctx.run_id} failing attempt={ctx.attempt}")
+    raise RuntimeError("kaboom")
+
+
+Workflow(
+    name="failing",
+    config=WorkflowConfig(
+        starting_task=Task[Any, None](name="boom", config=TaskConfig(run=failing_run, retries=1)), retries=0
+    ),
+)
+
+
+# flaky: fails on the first attempt of each run, then succeeds.
+def flaky_run(ctx: TaskContext[Any]) -> str:
+    if ctx.attempt == 1:
+        raise ValueError("first attempt fails")
+    return f"ok on attempt {ctx.attempt}"
+
+
+Workflow(
+    name="flaky",
+    config=WorkflowConfig(
+        starting_task=Task[Any, str](name="flaky", config=TaskConfig(run=flaky_run, retries=2))
+    ),
+)
+
+
+# wf-retry: the task fails; the workflow retries twice as new runs of the same workflowId.
+def wf_retry_run(ctx: TaskContext[Any]) -> None:
+    record(f"{ctx.run_id} wf-retry")
+    raise RuntimeError("always")
+
+
+Workflow(
+    name="wf-retry",
+    config=WorkflowConfig(
+        starting_task=Task[Any, None](name="once", config=TaskConfig(run=wf_retry_run, retries=0)), retries=2
+    ),
+)
+
+
+# task-timeout: each attempt sleeps past its 200ms timeout; no retries.
+async def too_slow(ctx: TaskContext[Any]) -> None:
+    await asyncio.sleep(30)
+
+
+Workflow(
+    name="task-timeout",
+    config=WorkflowConfig(
+        starting_task=Task[Any, None](
+            name="nap", config=TaskConfig(run=too_slow, timeout="200ms", retries=0)
+        ),
+        retries=0,
+    ),
+)
+
+
+# wf-timeout: the workflow runs out of time while its task sleeps.
+Workflow(
+    name="wf-timeout",
+    config=WorkflowConfig(
+        starting_task=Task[Any, None](name="nap", config=TaskConfig(run=too_slow)), timeout="300ms", retries=0
+    ),
+)
+
+
+# bad-output: returns something JSON cannot hold.
+def bad_output(ctx: TaskContext[Any]) -> object:
+    return object()
+
+
+Workflow(
+    name="bad-output",
+    config=WorkflowConfig(
+        starting_task=Task[Any, object](name="bad", config=TaskConfig(run=bad_output)), retries=0
+    ),
+)
+
+
+# crashy: three steps of about 0.4 s each, for the SIGKILL test; each records start and finish.
+async def crash_step(ctx: TaskContext[int | None]) -> int:
+    record(f"{ctx.run_id} {ctx.task} start")
+    await asyncio.sleep(0.4)
+    record(f"{ctx.run_id} {ctx.task} done")
+    return (ctx.input or 0) + 1
+
+
+_z = Task[int, int](name="z", config=TaskConfig(run=crash_step))
+_y = Task[int, int](name="y", config=TaskConfig(run=crash_step, on_complete=[_z]))
+_x = Task[int | None, int](name="x", config=TaskConfig(run=crash_step, on_complete=[_y]))
+Workflow(name="crashy", config=WorkflowConfig(starting_task=_x))
