@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote, urlencode
@@ -61,10 +62,16 @@ def _client(args: argparse.Namespace) -> DaemonClient:
         _fail(str(e))
 
 
-def _call(args: argparse.Namespace, method: str, path: str, body: bytes | None = None) -> Reply:
+def _call(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
     client = _client(args)
     try:
-        reply = client.call(method, path, body)
+        reply = client.call(method, path, body, headers)
     except ClientError as e:
         _fail(str(e))
     if reply.status == 401:
@@ -86,7 +93,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as e:
             _fail(f"--input is not valid JSON: {e}", 2)
         body = args.input.encode()
-    data = _call(args, "POST", _name_path(args.name, "trigger"), body).data
+    path = _name_path(args.name, "trigger")
+    if args.conflict:
+        path += "?" + urlencode({"conflict": args.conflict})
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+    data = _call(args, "POST", path, body, headers).data
     print(f"Workflow '{args.name}' started successfully.")
     print(f"  workflowId: {data['workflowId']}")
     print(f"  runId:      {data['runId']}")
@@ -96,21 +107,107 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_terminate(args: argparse.Namespace) -> int:
-    reply = _call(args, "POST", _name_path(args.name, "terminate"))
-    print(reply.data["message"].rstrip("\n"))
-    for run in reply.data.get("runs", []):
-        print(f"  {run['workflowId']}  {run['runId']}")
+    _print_runs(_call(args, "POST", _name_path(args.name, "terminate")))
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    reply = _call(args, "POST", _name_path(args.name, "cancel"))
+    _print_runs(_call(args, "POST", _name_path(args.name, "cancel")))
+    return 0
+
+
+def _print_runs(reply: Reply) -> None:
     print(reply.data["message"].rstrip("\n"))
     for run in reply.data.get("runs", []):
-        print(
-            f"  {run['workflowId']}  {run['runId']}  {run['status'].removeprefix('WORKFLOW_EXECUTION_STATUS_')}"
-        )
+        print(f"  {run['workflowId']}  {run['runId']}  {_short(run['status'])}")
+
+
+def _short(status: str) -> str:
+    return status.removeprefix("WORKFLOW_EXECUTION_STATUS_")
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    _print_runs(_call(args, "POST", _name_path(args.name, "pause")))
     return 0
+
+
+def cmd_unpause(args: argparse.Namespace) -> int:
+    _print_runs(_call(args, "POST", _name_path(args.name, "unpause")))
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    body: dict[str, str] = {"from": args.from_task}
+    if args.id:
+        body["runId"] = args.id
+    data = _call(args, "POST", _name_path(args.name, "resume"), json.dumps(body).encode()).data
+    print(f"Workflow '{args.name}' resumed from task '{args.from_task}' (run {data['resumedFrom']}).")
+    print(f"  workflowId: {data['workflowId']}")
+    print(f"  runId:      {data['runId']}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    data = _call(args, "GET", "/admin/workflows").data
+    if data.get("reload_error"):
+        print(
+            f"moose: the last reload failed, the previous definitions are in use: {data['reload_error']}",
+            file=sys.stderr,
+        )
+    workflows = data["workflows"]
+    if args.json:
+        print(json.dumps(workflows, indent=2, ensure_ascii=False))
+        return 0
+    rows = [("Name", "Schedule", "Paused", "Last Run", "Last Status")]
+    for wf in workflows:
+        last = wf["last_run"]
+        rows.append(
+            (
+                wf["name"],
+                wf["schedule"] or "None",
+                "yes" if wf["paused"] else "no",
+                last["started_at"] if last else "-",
+                _short(last["status"]) if last else "-",
+            )
+        )
+    _table(rows)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    path = _name_path(args.name, "status")
+    if args.id:
+        path += "?" + urlencode({"id": args.id})
+    run = _call(args, "GET", path).data
+    if args.json:
+        print(json.dumps(run, indent=2, ensure_ascii=False))
+        return 0
+    print(f"Workflow Status: {run['name']}")
+    print(f"Run ID: {run['run_id']}")
+    print(f"Status: {_short(run['status'])}")
+    print(f"Started At: {run['started_at']}")
+    print(f"Duration: {run['duration']}")
+    if run["error"]:
+        print(f"Error: {run['error']}")
+    if run.get("resumed_from"):
+        print(f"Resumed From: {run['resumed_from']} (at task '{run['start_task']}')")
+    if not args.verbose:
+        return 0
+    print("Tasks:")
+    for a in run["tasks"]:
+        line = f"  • {a['task']} attempt {a['attempt']}: {a['status']}  {a['started_at']} -> {a['ended_at'] or '...'}"
+        print(line)
+        if a["error"]:
+            print(f"      Error: {a['error_type'] or ''}: {a['error']}")
+        if a["output"] is not None:
+            print(f"      Output: {json.dumps(a['output'], ensure_ascii=False)[:500]}")
+    return 0
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -123,20 +220,9 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
-    header = ("Workflow Name", "Run ID", "Status", "Started At", "Duration")
-    table = [header] + [
-        (
-            r["name"],
-            r["run_id"],
-            r["status"].removeprefix("WORKFLOW_EXECUTION_STATUS_"),
-            r["started_at"],
-            r["duration"],
-        )
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    rows_out: list[tuple[str, ...]] = [("Workflow Name", "Run ID", "Status", "Started At", "Duration")]
+    rows_out += [(r["name"], r["run_id"], _short(r["status"]), r["started_at"], r["duration"]) for r in rows]
+    _table(rows_out)
     return 0
 
 
@@ -184,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = wf_sub.add_parser("run", aliases=["r"], help="start a workflow")
     run.add_argument("name")
     run.add_argument("-i", "--input", help="the input, as JSON")
+    run.add_argument("--idempotency-key", help="repeat a trigger safely: the same key returns the same run")
+    run.add_argument(
+        "--conflict",
+        choices=["fail", "use_existing", "terminate_existing"],
+        help="when this workflowId is already running (default: fail)",
+    )
     run.set_defaults(func=cmd_run)
     term = wf_sub.add_parser("terminate", help="stop at once (a workflowId, or a name: all its runs)")
     term.add_argument("name")
@@ -191,6 +283,33 @@ def build_parser() -> argparse.ArgumentParser:
     can = wf_sub.add_parser("cancel", aliases=["c"], help="cancel cooperatively; on_cancel handlers run")
     can.add_argument("name")
     can.set_defaults(func=cmd_cancel)
+    for verb, func, text in (
+        ("pause", cmd_pause, "no new scheduled firings; running runs stop at the next task boundary"),
+        ("unpause", cmd_unpause, "undo pause: paused runs continue where they stopped"),
+    ):
+        p = wf_sub.add_parser(verb, aliases=[verb[0]], help=text)
+        p.add_argument("name", help="a workflow name, or a workflowId for one run")
+        p.set_defaults(func=func)
+    res = wf_sub.add_parser(
+        "resume", aliases=["rs"], help="re-run an ended run from a task, with that task's input"
+    )
+    res.add_argument("name", help="a workflow name or workflowId")
+    res.add_argument("--from", dest="from_task", required=True, metavar="TASK")
+    res.add_argument(
+        "--id", help="the run to resume (default: the latest failed, cancelled, terminated or timed-out)"
+    )
+    res.set_defaults(func=cmd_resume)
+    lst = wf_sub.add_parser("list", aliases=["l"], help="the workflows: schedule, paused, last run")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=cmd_list)
+    st = wf_sub.add_parser(
+        "status", aliases=["s"], help="one run: status, and with --verbose every task attempt"
+    )
+    st.add_argument("name", help="a workflowId or workflow name (its latest run)")
+    st.add_argument("--id", help="a run id")
+    st.add_argument("-v", "--verbose", action="store_true")
+    st.add_argument("--json", action="store_true", help="clean JSON with every task attempt")
+    st.set_defaults(func=cmd_status)
     hist = wf_sub.add_parser("history", aliases=["h"], help="list runs, newest first")
     hist.add_argument("-s", "--status", help="RUNNING, COMPLETED, FAILED, CANCELED, TERMINATED or TIMED_OUT")
     hist.add_argument("-l", "--limit", type=_positive_int, default=10)

@@ -89,8 +89,10 @@ class DaemonClient:
         self._token = token
         self._timeout = timeout
 
-    def call(self, method: str, path: str, body: bytes | None = None) -> Reply:
-        headers = {"Accept": "application/json"}
+    def call(
+        self, method: str, path: str, body: bytes | None = None, extra_headers: dict[str, str] | None = None
+    ) -> Reply:
+        headers = {"Accept": "application/json", **(extra_headers or {})}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         if body is not None:

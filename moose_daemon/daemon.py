@@ -20,6 +20,7 @@ from .definitions import Workflow
 from .engine import Engine
 from .errors import ConfigError, StoreError
 from .loader import load_workflows
+from .reloader import Reloader
 from .store import Store
 from .tokens import AdminKey, InvalidKey
 from .web import build_app
@@ -92,8 +93,16 @@ async def serve(
             f"{', '.join(sorted(workflows)) or 'none'})",
             flush=True,
         )
+        reloader = None
+        if dev:
+            folder = config.project_dir / config.source_dir
+            watcher = Reloader(engine, lambda: load_workflows(config.project_dir, config.source_dir), folder)
+            reloader = asyncio.create_task(watcher.run(), name="dev-reloader")
         await _until_signalled()
         log.info("daemon.stopping")
+        if reloader is not None:
+            reloader.cancel()
+            await asyncio.gather(reloader, return_exceptions=True)
         await site.stop()
         return 0
     finally:

@@ -76,8 +76,13 @@ class Executor:
         try:
             if live.delay_s:
                 await self._clock.sleep(live.delay_s)
+            first = workflow.tasks.get(live.record.start_task or workflow.starting_task.name)
+            if first is None:
+                raise TaskFailed(
+                    f"cannot resume: workflow '{workflow.name}' has no task '{live.record.start_task}'"
+                )
             async with asyncio.timeout(workflow.timeout_s):
-                await self._run_tree(live, workflow.starting_task, live.record.input_json)
+                await self._run_tree(live, first, live.record.input_json)
             status, error = RunStatus.COMPLETED, None
         except TaskFailed as e:
             status, error = RunStatus.FAILED, str(e)
@@ -121,9 +126,22 @@ class Executor:
         """Depth-first, sequential: each child of `on_complete` gets the parent's output."""
         output = live.completed.get(task.name)
         if output is None:
+            await self._boundary(live)
             output = await self._run_task(live, task, input_json)
         for child in task.on_complete:
             await self._run_tree(live, child, output)
+
+    async def _boundary(self, live: LiveRun) -> None:
+        """Between tasks: a paused run records PAUSED and waits here until it is unpaused."""
+        if live.unpaused.is_set():
+            return
+        await self._store.set_paused(live.run_id, True)
+        live.record.status = RunStatus.PAUSED
+        log.info("run.paused run_id=%s", live.run_id)
+        await live.unpaused.wait()  # if cancelled here by a shutdown, the run stays PAUSED for the next start
+        await asyncio.shield(self._store.set_paused(live.run_id, False))
+        live.record.status = RunStatus.RUNNING
+        log.info("run.unpaused run_id=%s", live.run_id)
 
     async def _run_task(self, live: LiveRun, task: Task[Any, Any], input_json: str | None) -> str:
         max_attempts = task.retries + 1

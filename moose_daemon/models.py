@@ -20,6 +20,8 @@ class RunStatus(enum.StrEnum):
     CANCELED = "WORKFLOW_EXECUTION_STATUS_CANCELED"
     TERMINATED = "WORKFLOW_EXECUTION_STATUS_TERMINATED"
     TIMED_OUT = "WORKFLOW_EXECUTION_STATUS_TIMED_OUT"
+    # Not a Temporal status: MooseStack's pause did nothing. A paused run waits at a task boundary.
+    PAUSED = "WORKFLOW_EXECUTION_STATUS_PAUSED"
 
     @property
     def short(self) -> str:
@@ -27,7 +29,7 @@ class RunStatus(enum.StrEnum):
 
     @property
     def is_final(self) -> bool:
-        return self is not RunStatus.RUNNING
+        return self not in (RunStatus.RUNNING, RunStatus.PAUSED)
 
     @classmethod
     def parse(cls, text: str) -> RunStatus:
@@ -69,6 +71,8 @@ class RunRecord:
     ended_at: int | None = None
     error: str | None = None
     attempt: int = 1  # workflow-level attempt, 1-based
+    start_task: str | None = None  # a resumed run starts from this task
+    resumed_from: str | None = None  # ... of this earlier run
 
 
 @dataclass(slots=True)

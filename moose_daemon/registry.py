@@ -11,6 +11,12 @@ from .definitions import TaskContext, Workflow
 from .models import CancelReason, RunRecord, RunStatus
 
 
+def _open_gate() -> asyncio.Event:
+    gate = asyncio.Event()
+    gate.set()
+    return gate
+
+
 @dataclass(eq=False)
 class LiveRun:
     record: RunRecord
@@ -25,6 +31,8 @@ class LiveRun:
     cancel_reason: CancelReason | None = None
     context: TaskContext[Any] | None = None  # the attempt in flight
     task: asyncio.Task[None] | None = None
+    # Cleared while the run is paused: the executor waits on it at the next task boundary.
+    unpaused: asyncio.Event = field(default_factory=_open_gate)
 
     @property
     def run_id(self) -> str:

@@ -26,7 +26,7 @@ log = logging.getLogger("moose_daemon.store")
 
 SCHEMA_VERSION = 1
 Op = tuple[str, Sequence[Any]]
-_RUN_COLUMNS = "run_id, workflow_id, workflow, status, input, started_at, ended_at, error, attempt"
+_RUN_COLUMNS = "run_id, workflow_id, workflow, status, input, started_at, ended_at, error, attempt, start_task, resumed_from"
 _ATTEMPT_COLUMNS = "run_id, task, attempt, status, started_at, ended_at, input, output, error_type, error"
 
 
@@ -34,6 +34,22 @@ _ATTEMPT_COLUMNS = "run_id, task, attempt, status, started_at, ended_at, input, 
 class _Pending:
     ops: list[Op]
     done: asyncio.Future[None] | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowState:
+    paused: bool
+    next_fire_at: int | None
+    last_fired_at: int | None
+    schedule: str | None  # the schedule text next_fire_at was computed for
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleEvent:
+    at: int
+    outcome: str
+    run_id: str | None
+    reason: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +152,7 @@ class Store:
         """Close a RUNNING run (a no-op if it is already closed) and optionally open its retry, atomically."""
         ops: list[Op] = [
             (
-                "UPDATE runs SET status = ?, ended_at = ?, error = ? WHERE run_id = ? AND status = 'RUNNING'",
+                "UPDATE runs SET status = ?, ended_at = ?, error = ? WHERE run_id = ? AND status IN ('RUNNING', 'PAUSED')",
                 (status.name, ended_at, error, run_id),
             )
         ]
@@ -198,6 +214,67 @@ class Store:
             ]
         )
 
+    async def set_paused(self, run_id: str, paused: bool) -> None:
+        """Move a live run between RUNNING and PAUSED (never out of a final status)."""
+        new, old = ("PAUSED", "RUNNING") if paused else ("RUNNING", "PAUSED")
+        await self._write(
+            [("UPDATE runs SET status = ? WHERE run_id = ? AND status = ?", (new, run_id, old))]
+        )
+
+    async def insert_run_with_key(self, run: RunRecord, key: str) -> None:
+        """Insert a run and remember the Idempotency-Key that asked for it, atomically."""
+        await self._write(
+            [
+                _insert_run_op(run),
+                (
+                    "INSERT INTO idempotency_keys (key, workflow, run_id, created_at) VALUES (?,?,?,?)",
+                    (key, run.workflow, run.run_id, run.started_at),
+                ),
+            ]
+        )
+
+    async def set_workflow_paused(self, workflow: str, paused: bool) -> None:
+        await self._write(
+            [
+                (
+                    "INSERT INTO workflow_state (workflow, paused) VALUES (?, ?) "
+                    "ON CONFLICT (workflow) DO UPDATE SET paused = excluded.paused",
+                    (workflow, int(paused)),
+                )
+            ]
+        )
+
+    async def record_firing(
+        self, workflow: str, at: int, outcome: str, run_id: str | None, reason: str | None, next_fire_at: int
+    ) -> None:
+        """One scheduled firing (fired, skipped or failed) and the schedule's next firing time."""
+        await self._write(
+            [
+                (
+                    "INSERT INTO schedule_events (workflow, at, outcome, run_id, reason) VALUES (?,?,?,?,?)",
+                    (workflow, at, outcome, run_id, reason),
+                ),
+                (
+                    "INSERT INTO workflow_state (workflow, next_fire_at, last_fired_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (workflow) DO UPDATE SET next_fire_at = excluded.next_fire_at, "
+                    "last_fired_at = excluded.last_fired_at",
+                    (workflow, next_fire_at, at),
+                ),
+            ]
+        )
+
+    async def set_next_fire(self, workflow: str, next_fire_at: int, schedule: str) -> None:
+        await self._write(
+            [
+                (
+                    "INSERT INTO workflow_state (workflow, next_fire_at, schedule) VALUES (?, ?, ?) "
+                    "ON CONFLICT (workflow) DO UPDATE SET next_fire_at = excluded.next_fire_at, "
+                    "schedule = excluded.schedule",
+                    (workflow, next_fire_at, schedule),
+                )
+            ]
+        )
+
     # ---- reads --------------------------------------------------------------------------------
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -233,7 +310,7 @@ class Store:
 
     async def running_runs(self) -> list[RunRecord]:
         rows = await self._fetch(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE status = 'RUNNING' ORDER BY started_at"
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ('RUNNING', 'PAUSED') ORDER BY started_at"
         )
         return [_run(row) for row in rows]
 
@@ -255,6 +332,34 @@ class Store:
         )
         return _run(rows[0]) if rows else None
 
+    async def workflow_states(self) -> dict[str, WorkflowState]:
+        rows = await self._fetch(
+            "SELECT workflow, paused, next_fire_at, last_fired_at, schedule FROM workflow_state"
+        )
+        return {r[0]: WorkflowState(bool(r[1]), r[2], r[3], r[4]) for r in rows}
+
+    async def schedule_events(self, workflow: str, limit: int = 20) -> list[ScheduleEvent]:
+        rows = await self._fetch(
+            "SELECT at, outcome, run_id, reason FROM schedule_events WHERE workflow = ? ORDER BY at DESC LIMIT ?",
+            (workflow, limit),
+        )
+        return [ScheduleEvent(*r) for r in rows]
+
+    async def run_for_key(self, key: str) -> tuple[str, str] | None:
+        """(workflow, run_id) that an Idempotency-Key started, if any."""
+        rows = await self._fetch("SELECT workflow, run_id FROM idempotency_keys WHERE key = ?", (key,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def latest_closed_run(self, target: str) -> RunRecord | None:
+        """The newest failed, cancelled, terminated or timed-out run of a workflowId or workflow name."""
+        rows = await self._fetch(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE (workflow_id = ? OR workflow = ?) "
+            "AND status IN ('FAILED', 'CANCELED', 'TERMINATED', 'TIMED_OUT') "
+            "ORDER BY started_at DESC, run_id DESC LIMIT 1",
+            (target, target),
+        )
+        return _run(rows[0]) if rows else None
+
     async def attempts(self, run_id: str) -> list[AttemptRecord]:
         rows = await self._fetch(
             f"SELECT {_ATTEMPT_COLUMNS} FROM task_attempts WHERE run_id = ? ORDER BY started_at, attempt",
@@ -265,7 +370,7 @@ class Store:
 
 def _insert_run_op(run: RunRecord) -> Op:
     return (
-        f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+        f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         (
             run.run_id,
             run.workflow_id,
@@ -276,12 +381,16 @@ def _insert_run_op(run: RunRecord) -> Op:
             run.ended_at,
             run.error,
             run.attempt,
+            run.start_task,
+            run.resumed_from,
         ),
     )
 
 
 def _run(row: Sequence[Any]) -> RunRecord:
-    return RunRecord(row[0], row[1], row[2], RunStatus[row[3]], row[4], row[5], row[6], row[7], row[8])
+    return RunRecord(
+        row[0], row[1], row[2], RunStatus[row[3]], row[4], row[5], row[6], row[7], row[8], row[9], row[10]
+    )
 
 
 def _attempt(row: Sequence[Any]) -> AttemptRecord:

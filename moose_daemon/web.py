@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .auth import Authenticator
 from .durations import format_duration, format_started_at, iso_utc
-from .engine import Engine
+from .engine import ConflictPolicy, Engine, WorkflowInfo
 from .errors import InvalidRequest, MooseError
 from .jsonbody import InvalidJson, parse_body
 from .models import AttemptRecord, RunRecord, RunStatus
@@ -88,7 +88,18 @@ async def trigger(request: web.Request) -> web.Response:
             payload = parse_body(raw)
     except InvalidJson as e:
         raise InvalidRequest(e.details, error="Invalid JSON body") from None
-    record = await request.app[ENGINE].trigger(name, payload)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise InvalidRequest("Idempotency-Key must be 1 to 255 characters", error="Invalid request")
+    raw_policy = _single(request, "conflict") or ConflictPolicy.FAIL.value
+    try:
+        policy = ConflictPolicy(raw_policy)
+    except ValueError:
+        choices = ", ".join(p.value for p in ConflictPolicy)
+        raise InvalidRequest(
+            f"conflict must be one of {choices}, got '{raw_policy}'", error="Invalid query"
+        ) from None
+    record = await request.app[ENGINE].trigger(name, payload, idempotency_key=key, conflict=policy)
     body = {"workflowId": record.workflow_id, "runId": record.run_id}
     base = request.app[DASHBOARD_BASE]
     if base:
@@ -122,6 +133,61 @@ async def cancel(request: web.Request) -> web.Response:
     )
 
 
+def _run_refs(runs: list[RunRecord]) -> list[dict[str, str]]:
+    return [{"workflowId": r.workflow_id, "runId": r.run_id, "status": r.status.value} for r in runs]
+
+
+async def pause(request: web.Request) -> web.Response:
+    target = request.match_info["name"]
+    runs = await request.app[ENGINE].pause(target)
+    return json_response(
+        {"status": "paused", "message": f"'{target}' paused successfully", "runs": _run_refs(runs)}
+    )
+
+
+async def unpause(request: web.Request) -> web.Response:
+    target = request.match_info["name"]
+    runs = await request.app[ENGINE].unpause(target)
+    return json_response(
+        {"status": "unpaused", "message": f"'{target}' unpaused successfully", "runs": _run_refs(runs)}
+    )
+
+
+async def resume(request: web.Request) -> web.Response:
+    target = request.match_info["name"]
+    try:
+        payload = parse_body(await request.read())
+    except InvalidJson as e:
+        raise InvalidRequest(e.details, error="Invalid JSON body") from None
+    body = payload.value if payload is not None else {}
+    if not isinstance(body, dict) or not isinstance(body.get("from"), str) or not body["from"]:
+        raise InvalidRequest(
+            'the body must be {"from": "<task name>"} with an optional "runId"',
+            error="Failed to resume workflow",
+        )
+    run_id = body.get("runId")
+    if run_id is not None and not isinstance(run_id, str):
+        raise InvalidRequest("runId must be a string", error="Failed to resume workflow")
+    record = await request.app[ENGINE].resume(target, body["from"], run_id)
+    return json_response(
+        {"workflowId": record.workflow_id, "runId": record.run_id, "resumedFrom": record.resumed_from}
+    )
+
+
+async def status(request: web.Request) -> web.Response:
+    record, attempts = await request.app[ENGINE].status(request.match_info["name"], _single(request, "id"))
+    return json_response(run_entry(record, attempts))
+
+
+async def list_workflows(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    infos = await engine.list_workflows()
+    now = time.time()
+    return json_response(
+        {"workflows": [workflow_entry(i, now) for i in infos], "reload_error": engine.reload_error}
+    )
+
+
 async def history(request: web.Request) -> web.Response:
     query = parse_history_query(request)
     records = await request.app[ENGINE].history(query)
@@ -135,10 +201,7 @@ async def history(request: web.Request) -> web.Response:
 
 async def run_detail(request: web.Request) -> web.Response:
     record, attempts = await request.app[ENGINE].run_detail(request.match_info["run_id"])
-    entry = history_entry(record, time.time())
-    entry["input"] = None if record.input_json is None else orjson.loads(record.input_json)
-    entry["tasks"] = [attempt_entry(a) for a in attempts]
-    return json_response(entry)
+    return json_response(run_entry(record, attempts))
 
 
 async def health(request: web.Request) -> web.Response:
@@ -167,6 +230,29 @@ def history_entry(r: RunRecord, now: float) -> dict[str, Any]:
         "ended_at": None if r.ended_at is None else format_started_at(r.ended_at / 1e6),
         "attempt": r.attempt,
         "error": r.error,
+    }
+
+
+def run_entry(record: RunRecord, attempts: list[AttemptRecord]) -> dict[str, Any]:
+    entry = history_entry(record, time.time())
+    entry["input"] = None if record.input_json is None else orjson.loads(record.input_json)
+    entry["start_task"] = record.start_task
+    entry["resumed_from"] = record.resumed_from
+    entry["tasks"] = [attempt_entry(a) for a in attempts]
+    return entry
+
+
+def workflow_entry(info: WorkflowInfo, now: float) -> dict[str, Any]:
+    wf = info.workflow
+    return {
+        "name": wf.name,
+        "schedule": wf.schedule.text if wf.schedule else None,
+        "paused": info.paused,
+        "next_fire_at": None if info.next_fire_at is None else format_started_at(info.next_fire_at),
+        "retries": wf.retries,
+        "timeout": wf.config.timeout or "1h",
+        "tasks": wf.get_task_names(),
+        "last_run": None if info.last_run is None else history_entry(info.last_run, now),
     }
 
 
@@ -245,6 +331,11 @@ def build_app(engine: Engine, auth: Authenticator, *, dashboard_base: str, max_b
     app.router.add_post("/admin/workflows/{name}/trigger", trigger)
     app.router.add_post("/admin/workflows/{name}/terminate", terminate)
     app.router.add_post("/admin/workflows/{name}/cancel", cancel)
+    app.router.add_post("/admin/workflows/{name}/pause", pause)
+    app.router.add_post("/admin/workflows/{name}/unpause", unpause)
+    app.router.add_post("/admin/workflows/{name}/resume", resume)
+    app.router.add_get("/admin/workflows/{name}/status", status)
     app.router.add_get("/admin/workflows/history", history)
+    app.router.add_get("/admin/workflows", list_workflows)
     app.router.add_get("/admin/runs/{run_id}", run_detail)
     return app
