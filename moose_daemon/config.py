@@ -6,6 +6,7 @@ Standard library only: the CLI imports this to find the daemon.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ def _coerce(raw: Any, kind: type, name: str, origin: str) -> Any:
             raise ConfigError(f"{name} in {origin}: expected a whole number, got {raw!r}")
         if isinstance(raw, int):
             return raw
-        if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+        if isinstance(raw, str) and re.fullmatch(r"-?[0-9]+", raw.strip()):
             return int(raw.strip())
         raise ConfigError(f"{name} in {origin}: expected a whole number, got {raw!r}")
     if not isinstance(raw, str):

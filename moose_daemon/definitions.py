@@ -69,8 +69,14 @@ class Task(Generic[T, U]):
             raise DefinitionError(f"{where}: config.run must be callable")
         if config.on_cancel is not None and not callable(config.on_cancel):
             raise DefinitionError(f"{where}: config.on_cancel must be callable")
-        self.retries = _check_retries(config.retries, where)
-        self.timeout_s = _check_timeout(config.timeout, DEFAULT_TASK_TIMEOUT, where)
+        # A bad value is reported by the workflow that uses the task, so the message names both.
+        self.problem: str | None = None
+        try:
+            self.retries = _check_retries(config.retries, where)
+            self.timeout_s = _check_timeout(config.timeout, DEFAULT_TASK_TIMEOUT, where)
+        except DefinitionError as e:
+            self.problem = str(e)
+            self.retries, self.timeout_s = DEFAULT_RETRIES, None
         self.on_complete: list[Task[Any, Any]] = list(config.on_complete or [])
         for child in self.on_complete:
             if not isinstance(child, Task):
@@ -124,6 +130,8 @@ class Workflow:
         _register(self)
 
     def _index_tasks(self, task: Task[Any, Any], path: tuple[str, ...]) -> None:
+        if task.problem is not None:
+            raise DefinitionError(f"workflow '{self.name}': {task.problem}")
         if task.name in path:
             raise DefinitionError(
                 f"workflow '{self.name}': task '{task.name}' completes into itself (a cycle)"

@@ -197,7 +197,11 @@ class Executor:
         try:
             async with deadline:
                 result = await self._call(task.config.run, ctx)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as e:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling() == 0:
+                # Raised by the task's own code (it awaited something that was cancelled), not by us.
+                raise _AttemptFailed("CancelledError", str(e) or "the task raised CancelledError") from None
             ctx._cancel_event.set()
             await asyncio.shield(self._cancelled(live, task, ctx, attempt))
             raise

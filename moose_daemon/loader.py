@@ -24,6 +24,7 @@ def load_workflows(project_dir: Path, source_dir: str) -> dict[str, Workflow]:
         sys.path.remove(root)
     sys.path.insert(0, root)  # first, so this project's `app` wins over any other on the path
     _forget_modules(package)
+    _drop_bytecode(project_dir / source_dir)
     importlib.invalidate_caches()
     definitions.take_registered()
     try:
@@ -44,6 +45,13 @@ def _forget_modules(package: str) -> None:
     """Drop the user's modules so the next import reads the files again (dev reload)."""
     for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
         del sys.modules[name]
+
+
+def _drop_bytecode(folder: Path) -> None:
+    """Python trusts a cached .pyc whose source has the same size and mtime second: an edit made within
+    the same second as the last load would be ignored on a dev reload. The cache is ours to clear."""
+    for cached in folder.rglob("__pycache__/*.pyc"):
+        cached.unlink(missing_ok=True)
 
 
 def _where(error: BaseException, project_dir: Path) -> str | None:

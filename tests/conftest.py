@@ -134,7 +134,9 @@ class DaemonProcess:
         line = self.proc.stdout.readline()
         if "ready at" not in line:
             self.proc.kill()
-            raise AssertionError(f"daemon did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}")
+            raise AssertionError(
+                f"daemon did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}"
+            )
         self.url = line.split("ready at ", 1)[1].split()[0]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
@@ -157,3 +159,53 @@ def daemon_factory() -> Iterator[Any]:
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+
+
+class ManualClock:
+    """Virtual time: `sleep` waits until a test calls `advance` past its deadline."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.now + seconds, future))
+        await future
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward step by step, waking every sleeper whose deadline passed, and let them run."""
+        target = self.now + seconds
+        for _ in range(20):  # tasks that were just started get to reach their first sleep
+            await asyncio.sleep(0)
+        while True:
+            due = [deadline for deadline, f in self._sleepers if not f.done() and deadline <= target]
+            self.now = min(due) if due else target
+            await self._wake(settle=not due)
+            if not due:
+                return
+
+    async def _wake(self, settle: bool = False) -> None:
+        woke = settle
+        for deadline, future in list(self._sleepers):
+            if deadline <= self.now and not future.done():
+                future.set_result(None)
+                woke = True
+        self._sleepers = [(d, f) for d, f in self._sleepers if not f.done()]
+        if woke:  # let the woken tasks run, and the store's thread commit what they wrote
+            for _ in range(3):
+                for _ in range(20):
+                    await asyncio.sleep(0)
+                await asyncio.sleep(0.005)
+
+
+def write_project(root: Path, main_py: str) -> Path:
+    """A throwaway project: moose.config.toml and app/main.py with the given source."""
+    (root / "app").mkdir(parents=True, exist_ok=True)
+    (root / "moose.config.toml").write_text('[http_server_config]\nhost = "localhost"\nport = 4000\n')
+    (root / "app" / "__init__.py").write_text("")
+    (root / "app" / "main.py").write_text(main_py)
+    return root

@@ -199,3 +199,41 @@ _z = Task[int, int](name="z", config=TaskConfig(run=crash_step))
 _y = Task[int, int](name="y", config=TaskConfig(run=crash_step, on_complete=[_z]))
 _x = Task[int | None, int](name="x", config=TaskConfig(run=crash_step, on_complete=[_y]))
 Workflow(name="crashy", config=WorkflowConfig(starting_task=_x))
+
+
+# two-step: p1 takes 0.3 s, then p2; for pausing at the boundary between them.
+async def p_step(ctx: TaskContext[Any]) -> str:
+    record(f"{ctx.run_id} {ctx.task} start")
+    if ctx.task == "p1":
+        await asyncio.sleep(0.3)
+    return ctx.task
+
+
+_p2 = Task[Any, str](name="p2", config=TaskConfig(run=p_step))
+Workflow(
+    name="two-step",
+    config=WorkflowConfig(
+        starting_task=Task[Any, str](name="p1", config=TaskConfig(run=p_step, on_complete=[_p2]))
+    ),
+)
+
+
+# resumable: r1 -> r2 -> r3; r2 fails until the file `allow-r2` exists beside the project's app folder.
+ALLOW = Path(__file__).resolve().parent.parent / "allow-r2"
+
+
+def r_step(ctx: TaskContext[Any]) -> dict[str, Any]:
+    record(f"{ctx.run_id} {ctx.task}")
+    if ctx.task == "r2" and not ALLOW.exists():
+        raise RuntimeError("r2 is not allowed yet")
+    return {"after": ctx.task, "got": ctx.input}
+
+
+_r3 = Task[Any, dict](name="r3", config=TaskConfig(run=r_step))
+_r2 = Task[Any, dict](name="r2", config=TaskConfig(run=r_step, on_complete=[_r3], retries=0))
+Workflow(
+    name="resumable",
+    config=WorkflowConfig(
+        starting_task=Task[Any, dict](name="r1", config=TaskConfig(run=r_step, on_complete=[_r2])), retries=0
+    ),
+)
