@@ -317,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("-w", "--workflow", help="only runs of this workflow")
     hist.add_argument("--json", action="store_true")
     hist.set_defaults(func=cmd_history)
+    for verb_parser in {id(p): p for p in wf_sub.choices.values()}.values():  # `--project` after the verb too
+        verb_parser.add_argument("--project", default=argparse.SUPPRESS, help="the daemon's project folder")
     return parser
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -61,76 +62,92 @@ async def serve(
     config: Config, admin_key: AdminKey | None, workflows: dict[str, Workflow], *, dev: bool
 ) -> int:
     try:
+        sock = _bind(config)
+    except OSError as e:
+        reason = "is already in use" if e.errno == errno.EADDRINUSE else f"cannot be opened ({e.strerror})"
+        print(f"moose: port {config.port} on {config.bind_host} {reason}", file=sys.stderr)
+        return 1
+    try:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         store = await Store.open(config.state_dir / DB_FILE)
         local_token = _local_token(config.state_dir)
     except (StoreError, OSError) as e:
+        sock.close()
         print(f"moose: {e}", file=sys.stderr)
         return 1
+    stop = _stop_on_signals()
+    url = _url_of(config, sock)
     engine = Engine(store, workflows)
     auth = Authenticator(admin_key, local_token)
-    runner: web.AppRunner | None = None
+    app = build_app(engine, auth, dashboard_base=url if dev else "", max_body=config.max_request_body_size)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    reloader: asyncio.Task[None] | None = None
     try:
-        app = build_app(
-            engine, auth, dashboard_base=config.url if dev else "", max_body=config.max_request_body_size
-        )
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, config.bind_host, config.port, backlog=1024)
         try:
-            await site.start()
-        except OSError as e:
-            reason = (
-                "is already in use" if e.errno == errno.EADDRINUSE else f"cannot be opened ({e.strerror})"
-            )
-            print(f"moose: port {config.port} on {config.bind_host} {reason}", file=sys.stderr)
+            await engine.start()  # recovered runs are live again before the first request
+        except StoreError as e:
+            print(f"moose: cannot resume from {store.path}: {e}", file=sys.stderr)
             return 1
-        await engine.start()  # after the port is ours, before the ready line: recovered runs resume first
-        url = _actual_url(config, runner)
+        await runner.setup()
+        site = web.SockSite(runner, sock, backlog=1024)
+        await site.start()
         _write_daemon_file(config.state_dir, url)
+        if dev:
+            folder = config.project_dir / config.source_dir
+            watcher = Reloader(engine, lambda: load_workflows(config.project_dir, config.source_dir), folder)
+            reloader = asyncio.create_task(watcher.run(), name="dev-reloader")
         print(
             f"moose_daemon ready at {url} ({'dev' if dev else 'prod'}, {len(workflows)} workflows: "
             f"{', '.join(sorted(workflows)) or 'none'})",
             flush=True,
         )
-        reloader = None
-        if dev:
-            folder = config.project_dir / config.source_dir
-            watcher = Reloader(engine, lambda: load_workflows(config.project_dir, config.source_dir), folder)
-            reloader = asyncio.create_task(watcher.run(), name="dev-reloader")
-        await _until_signalled()
+        await stop.wait()
         log.info("daemon.stopping")
-        if reloader is not None:
-            reloader.cancel()
-            await asyncio.gather(reloader, return_exceptions=True)
         await site.stop()
         return 0
     finally:
+        if reloader is not None:
+            reloader.cancel()
+            await asyncio.gather(reloader, return_exceptions=True)
         await engine.stop(SHUTDOWN_GRACE_S)
-        if runner is not None:
-            await runner.cleanup()
+        await runner.cleanup()
         auth.close()
         await store.close()
+        sock.close()
         (config.state_dir / DAEMON_FILE).unlink(missing_ok=True)
         log.info("daemon.stopped")
 
 
-async def _until_signalled() -> None:
+def _bind(config: Config) -> socket.socket:
+    """Take the port before anything else starts, so a port in use is refused at once."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        config.bind_host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait for TIME_WAIT
+        sock.bind(address)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
-def _actual_url(config: Config, runner: web.AppRunner) -> str:
+def _url_of(config: Config, sock: socket.socket) -> str:
     """With `--port 0` the OS picks the port; report the one we got."""
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            host = "localhost" if config.host == "localhost" else config.host
-            host = f"[{host}]" if ":" in host else host
-            return f"http://{host}:{address[1]}"
-    return config.url
+    port = sock.getsockname()[1]
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    return f"http://{host}:{port}"
 
 
 def _local_token(state_dir: Path) -> str:

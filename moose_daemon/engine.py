@@ -401,10 +401,11 @@ class Engine:
         return live.record if live is not None else record
 
     def _find_live(self, target: str) -> list[LiveRun]:
+        """A workflow name means every live run of it (inputs or not); anything else is a workflowId."""
+        if target in self.workflows:
+            return self.registry.of_workflow(target)
         live = self.registry.by_workflow_id(target)
-        if live is not None:
-            return [live]
-        return self.registry.of_workflow(target)
+        return [live] if live is not None else []
 
     async def _explain_not_running(self, target: str, error: str) -> None:
         """Raise 409 if `target` ran before (it finished), else 404."""

@@ -111,11 +111,7 @@ async def terminate(request: web.Request) -> web.Response:
     target = request.match_info["name"]
     runs = await request.app[ENGINE].terminate(target)
     return json_response(
-        {
-            "status": "terminated",
-            "message": f"'{target}' terminated successfully\n",
-            "runs": [{"workflowId": r.workflow_id, "runId": r.run_id} for r in runs],
-        }
+        {"status": "terminated", "message": f"'{target}' terminated successfully\n", "runs": _run_refs(runs)}
     )
 
 
@@ -126,9 +122,7 @@ async def cancel(request: web.Request) -> web.Response:
         {
             "status": "cancelled",
             "message": f"'{target}' cancellation requested successfully\n",
-            "runs": [
-                {"workflowId": r.workflow_id, "runId": r.run_id, "status": r.status.value} for r in runs
-            ],
+            "runs": _run_refs(runs),
         }
     )
 
