@@ -161,47 +161,11 @@ class Store:
         await self._write(ops)
 
     def start_attempt(self, attempt: AttemptRecord) -> None:
-        self._write_later(
-            [
-                (
-                    f"INSERT OR REPLACE INTO task_attempts ({_ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        attempt.run_id,
-                        attempt.task,
-                        attempt.attempt,
-                        attempt.status.value,
-                        attempt.started_at,
-                        attempt.ended_at,
-                        attempt.input_json,
-                        attempt.output_json,
-                        attempt.error_type,
-                        attempt.error,
-                    ),
-                )
-            ]
-        )
+        self._write_later([_attempt_op(attempt)])
 
     async def end_attempt(self, attempt: AttemptRecord) -> None:
         """Durable on return: a COMPLETED attempt is never run again after a crash."""
-        await self._write(
-            [
-                (
-                    f"INSERT OR REPLACE INTO task_attempts ({_ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        attempt.run_id,
-                        attempt.task,
-                        attempt.attempt,
-                        attempt.status.value,
-                        attempt.started_at,
-                        attempt.ended_at,
-                        attempt.input_json,
-                        attempt.output_json,
-                        attempt.error_type,
-                        attempt.error,
-                    ),
-                )
-            ]
-        )
+        await self._write([_attempt_op(attempt)])
 
     async def mark_interrupted_attempts(self, ended_at: int) -> None:
         """At start: attempts left RUNNING by a crash were interrupted."""
@@ -385,6 +349,16 @@ def _insert_run_op(run: RunRecord) -> Op:
             run.resumed_from,
         ),
     )
+
+
+def _attempt_op(a: AttemptRecord) -> Op:
+    return (
+        f"INSERT OR REPLACE INTO task_attempts ({_ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        (
+            a.run_id, a.task, a.attempt, a.status.value, a.started_at,
+            a.ended_at, a.input_json, a.output_json, a.error_type, a.error,
+        ),
+    )  # fmt: skip
 
 
 def _run(row: Sequence[Any]) -> RunRecord:
