@@ -11,7 +11,7 @@ import logging
 import sqlite3
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .clock import Clock, SystemClock
 from .definitions import Workflow
@@ -254,6 +254,15 @@ class Engine:
         except BaseException:
             self.registry.release(live)
             raise
+        if live.outcome is not None or live.cancel_reason is CancelReason.SHUTDOWN:
+            return  # terminated while being stored, or the daemon is stopping: the next start resumes it
+        if live.cancel_reason is CancelReason.CANCEL:
+            live.outcome = RunStatus.CANCELED
+            ended = now_us()
+            await self.store.finish_run(live.run_id, RunStatus.CANCELED, ended, "Cancelled by user request")
+            live.record.status, live.record.ended_at = RunStatus.CANCELED, ended
+            self.registry.release(live)
+            return
         if live.record.workflow in self.paused:
             live.unpaused.clear()
         self._launch(live)
@@ -359,7 +368,8 @@ class Engine:
 
     async def run_detail(self, run_id: str) -> tuple[RunRecord, list[AttemptRecord]]:
         live = self.registry.by_run_id(run_id)
-        record = live.record if live is not None else await self.store.get_run(run_id)
+        # A copy: the live record changes while the attempts are read.
+        record = replace(live.record) if live is not None else await self.store.get_run(run_id)
         if record is None:
             raise NotFound(f"No run with id '{run_id}'", error="Run not found")
         return record, await self.store.attempts(run_id)
@@ -377,7 +387,7 @@ class Engine:
             found = await self.store.latest_run_of_workflow(target)
         if found is None:
             raise NotFound(f"No executions found for workflow '{target}'", error="Run not found")
-        return self._current(found), await self.store.attempts(found.run_id)
+        return replace(self._current(found)), await self.store.attempts(found.run_id)
 
     async def list_workflows(self) -> list[WorkflowInfo]:
         infos = []

@@ -79,12 +79,13 @@ class Registry:
 
     def cancel(self, live: LiveRun, reason: CancelReason) -> bool:
         """Ask the run's task to stop; False if it was already stopping."""
-        if live.cancel_reason is not None or live.task is None or live.task.done():
+        if live.cancel_reason is not None or (live.task is not None and live.task.done()):
             return False
-        live.cancel_reason = reason
+        live.cancel_reason = reason  # a run still being stored has no task yet: its launch reads this
         if live.context is not None:
             live.context._cancel_event.set()
-        live.task.cancel(reason.value)
+        if live.task is not None:
+            live.task.cancel(reason.value)
         return True
 
     async def wait(self, runs: list[LiveRun], grace_s: float | None) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +27,8 @@ MAX_HISTORY_LIMIT = 1000
 DEFAULT_HISTORY_LIMIT = 10
 # Parsing a large body takes milliseconds (about 100 ms per MB): keep it off the event loop.
 OFF_LOOP_BODY_BYTES = 64 * 1024
+MAX_UNIX_SECONDS = 2**40  # far beyond any real time, and its microseconds still fit SQLite's integers
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 ENGINE = web.AppKey("engine", Engine)
 AUTH = web.AppKey("auth", Authenticator)
@@ -276,9 +280,12 @@ def _timestamp(request: web.Request, key: str) -> int | None:
     if raw is None:
         return None
     try:
-        return int(float(raw) * 1e6)
+        seconds = float(raw)
     except ValueError:
-        raise InvalidRequest(f"{key} must be unix seconds, got '{raw}'", error="Invalid query") from None
+        seconds = math.nan
+    if not 0 <= seconds < MAX_UNIX_SECONDS:
+        raise InvalidRequest(f"{key} must be unix seconds, got '{raw}'", error="Invalid query")
+    return int(seconds * 1e6)
 
 
 def parse_history_query(request: web.Request) -> HistoryQuery:
@@ -292,7 +299,7 @@ def parse_history_query(request: web.Request) -> HistoryQuery:
     limit = DEFAULT_HISTORY_LIMIT
     raw_limit = _single(request, "limit")
     if raw_limit is not None:
-        if not raw_limit.strip().isdigit() or int(raw_limit) < 1:
+        if not _DIGITS.fullmatch(raw_limit.strip()) or int(raw_limit) < 1:
             raise InvalidRequest(
                 f"limit must be a whole number from 1 to 1000, got '{raw_limit}'", error="Invalid query"
             )
@@ -301,7 +308,7 @@ def parse_history_query(request: web.Request) -> HistoryQuery:
     cursor = _single(request, "cursor")
     if cursor:
         started, _, run_id = cursor.partition("_")
-        if not started.isdigit() or not run_id:
+        if not _DIGITS.fullmatch(started) or int(started) >= MAX_UNIX_SECONDS * 1_000_000 or not run_id:
             raise InvalidRequest(f"cursor '{cursor}' is not one this daemon returned", error="Invalid query")
         before = (int(started), run_id)
     return HistoryQuery(

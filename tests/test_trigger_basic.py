@@ -16,7 +16,9 @@ async def test_trigger_without_input_completes(harness: Harness) -> None:
 async def test_trigger_is_stored_before_the_response(harness: Harness) -> None:
     body = await harness.trigger("slow", b'{"n": 1}')
     with sqlite3.connect(harness.db_path) as db:
-        row = db.execute("SELECT workflow_id, status, input FROM runs WHERE run_id = ?", (body["runId"],)).fetchone()
+        row = db.execute(
+            "SELECT workflow_id, status, input FROM runs WHERE run_id = ?", (body["runId"],)
+        ).fetchone()
     assert row == (body["workflowId"], "RUNNING", '{"n":1}')
 
 
