@@ -52,22 +52,100 @@ def coerce_input(task: str, tp: Any, value: Any) -> Any:
 
 
 def _coerce_dataclass(task: str, tp: type, value: Any) -> Any:
-    name = tp.__name__
     if not isinstance(value, dict):
+        name = tp.__name__
         raise InputError(f"Task '{task}' requires an object for {name} but received {type(value).__name__}")
+    try:
+        return _build_dataclass(tp, value, "")
+    except _Mismatch as e:
+        raise InputError(f"Input data does not match task '{task}' input type {tp.__name__}: {e}") from None
+
+
+class _Mismatch(ValueError):
+    pass
+
+
+def _build_dataclass(tp: type, value: Any, path: str) -> Any:
+    """Check field names and the types JSON can carry (str, int, float, bool, lists, dicts, nested
+    dataclasses, unions); build the dataclass, nested ones included."""
+    if not isinstance(value, dict):
+        raise _Mismatch(f"{_at(path)}expected an object for {tp.__name__}, got {_json_type(value)}")
     fields = {f.name: f for f in dataclasses.fields(tp) if f.init}
     unknown = sorted(set(value) - set(fields))
     if unknown:
-        raise InputError(
-            f"Input data does not match task '{task}' input type {name}: unknown field '{unknown[0]}'"
-        )
+        raise _Mismatch(f"unknown field '{path}{unknown[0]}'")
+    try:
+        hints = typing.get_type_hints(tp)
+    except Exception:  # unresolvable annotations: check names only
+        hints = {}
+    values = {}
     for f in fields.values():
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if required and f.name not in value:
-            raise InputError(
-                f"Input data does not match task '{task}' input type {name}: missing field '{f.name}'"
+        if f.name not in value:
+            if required:
+                raise _Mismatch(f"missing field '{path}{f.name}'")
+            continue
+        values[f.name] = _check(hints.get(f.name, Any), value[f.name], f"{path}{f.name}")
+    return tp(**values)
+
+
+def _check(tp: Any, value: Any, path: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or isinstance(tp, typing.TypeVar):
+        return value
+    if tp is None or tp is type(None):
+        if value is None:
+            return None
+        raise _Mismatch(f"field '{path}' expected null, got {_json_type(value)}")
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in args if a is not type(None)]
+        if value is None and len(members) < len(args):
+            return None
+        if len(members) == 1:  # Optional[X]: X's own message says what is wrong
+            return _check(members[0], value, path)
+        for member in members:
+            try:
+                return _check(member, value, path)
+            except _Mismatch:
+                continue
+        raise _Mismatch(f"field '{path}' expected {_type_name(tp)}, got {_json_type(value)}")
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _build_dataclass(tp, value, f"{path}.")
+    simple: dict[Any, type | tuple[type, ...]] = {str: str, bool: bool, int: int, float: (int, float)}
+    if tp in simple:
+        if isinstance(value, simple[tp]) and not (tp is not bool and isinstance(value, bool)):
+            return float(typing.cast(float, value)) if tp is float else value
+        raise _Mismatch(f"field '{path}' expected {tp.__name__}, got {_json_type(value)}")
+    container = origin or tp
+    if container in (list, tuple, set, frozenset) or container is dict:
+        expected = dict if container is dict else list
+        if not isinstance(value, expected):
+            raise _Mismatch(
+                f"field '{path}' expected {'an object' if expected is dict else 'a list'}, got {_json_type(value)}"
             )
-    return tp(**value)
+        if isinstance(value, dict):
+            item = args[1] if len(args) == 2 else Any
+            return {k: _check(item, v, f"{path}.{k}") for k, v in value.items()}
+        item = args[0] if args and container is not tuple else Any
+        return container([_check(item, v, f"{path}[{i}]") for i, v in enumerate(value)])
+    return value
+
+
+def _at(path: str) -> str:
+    return f"field '{path.rstrip('.')}' " if path else ""
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+    }.get(type(value), type(value).__name__)
 
 
 def _type_name(tp: Any) -> str:

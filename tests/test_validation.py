@@ -193,3 +193,52 @@ def test_dump_output_refuses_what_json_cannot_hold(value: Any) -> None:
 def test_output_error_names_the_type() -> None:
     with pytest.raises(OutputError, match="object"):
         dump_output(object())
+
+
+# ---- dataclass field types (what JSON can carry) ----------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Addr:
+    city: str
+
+
+@dataclasses.dataclass
+class _Customer:
+    name: str
+    age: int = 0
+    score: float = 0.0
+    vip: bool = False
+    tags: list[str] | None = None
+    meta: dict[str, int] = dataclasses.field(default_factory=dict)
+    addr: _Addr | None = None
+
+
+def test_dataclass_fields_are_type_checked_and_nested_ones_built() -> None:
+    got = coerce_input(
+        "t",
+        _Customer,
+        {"name": "a", "age": 3, "score": 2, "vip": True, "tags": ["x"], "meta": {"k": 1}, "addr": {"city": "c"}},
+    )
+    assert got == _Customer("a", 3, 2.0, True, ["x"], {"k": 1}, _Addr("c"))
+    assert isinstance(got.score, float) and isinstance(got.addr, _Addr)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"name": 5}, "field 'name' expected str, got number"),
+        ({"name": "a", "age": True}, "field 'age' expected int, got boolean"),
+        ({"name": "a", "age": 1.5}, "field 'age' expected int, got number"),
+        ({"name": "a", "tags": [1]}, "field 'tags[0]' expected str, got number"),
+        ({"name": "a", "tags": "x"}, "field 'tags' expected a list, got string"),
+        ({"name": "a", "meta": {"k": "v"}}, "field 'meta.k' expected int, got string"),
+        ({"name": "a", "addr": {"city": 1}}, "field 'addr.city' expected str, got number"),
+        ({"name": "a", "addr": {}}, "missing field 'addr.city'"),
+        ({"name": "a", "addr": {"city": "c", "zip": 1}}, "unknown field 'addr.zip'"),
+    ],
+)
+def test_dataclass_field_type_errors_name_the_field(value: dict[str, object], message: str) -> None:
+    with pytest.raises(InputError) as e:
+        coerce_input("t", _Customer, value)
+    assert message in str(e.value) and "task 't'" in str(e.value)
