@@ -8,6 +8,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -202,6 +203,11 @@ async def run_detail(request: web.Request) -> web.Response:
     return json_response(run_entry(record, attempts))
 
 
+async def openapi(request: web.Request) -> web.Response:
+    spec = resources.files("moose_daemon").joinpath("openapi.json").read_bytes()
+    return web.Response(body=spec, content_type="application/json")
+
+
 async def health(request: web.Request) -> web.Response:
     return json_response({"status": "healthy"})
 
@@ -327,6 +333,7 @@ def build_app(engine: Engine, auth: Authenticator, *, dashboard_base: str, max_b
     app[AUTH] = auth
     app[DASHBOARD_BASE] = dashboard_base
     app.router.add_get("/", root)
+    app.router.add_get("/openapi.json", openapi)
     for path in ("/health", "/liveness", "/ready"):
         app.router.add_get(path, health)
     app.router.add_post("/admin/workflows/{name}/trigger", trigger)
