@@ -1,19 +1,28 @@
-"""The admin bearer-token check. Hashing runs off the event loop, bounded; good tokens are remembered."""
+"""The admin bearer-token check. Hashing runs off the event loop and is bounded; good tokens are
+remembered, so a client with the right token never waits behind a flood of wrong ones."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import hmac
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 
+from .errors import TooManyRequests
 from .tokens import AdminKey
 
 NOT_CONFIGURED = "Unauthorized: Admin API key not configured"
 INVALID = "Unauthorized: Invalid or missing token"
 _PREFIX = "Bearer "
 _CACHE_SIZE = 256
+# A client (by address) that sends this many wrong tokens within the window gets 429 until the oldest
+# of them leaves the window. Tokens already known to be wrong cost nothing and do not count.
+MAX_FAILURES = 10
+FAILURE_WINDOW_S = 60.0
+# Hashes waiting for a thread at most; past that, unknown tokens get 429 at once (a flood from many addresses).
+MAX_PENDING_HASHES = 16
 
 
 class Authenticator:
@@ -23,14 +32,17 @@ class Authenticator:
         self._key = admin_key
         self._local = local_token.encode() if local_token else None
         self._threads = ThreadPoolExecutor(max_workers=hash_threads, thread_name_prefix="moose-auth")
-        # Keys are SHA-256 digests of tokens that verified: a hit costs one hash, not argon2's.
+        # SHA-256 digests of tokens already hashed: a hit costs one SHA-256, not argon2's ~20 ms.
         self._verified: OrderedDict[bytes, None] = OrderedDict()
+        self._rejected: OrderedDict[bytes, None] = OrderedDict()
+        self._failures: dict[str, deque[float]] = {}
+        self._pending = 0
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
 
-    async def check(self, header: str | None) -> str | None:
-        """None when the request may pass, else the 401 message."""
+    async def check(self, header: str | None, client: str = "") -> str | None:
+        """None when the request may pass, else the 401 message; raises TooManyRequests for a flood."""
         token = header[len(_PREFIX) :] if header is not None and header.startswith(_PREFIX) else None
         if token is not None and self._local is not None and hmac.compare_digest(token.encode(), self._local):
             return None
@@ -39,13 +51,49 @@ class Authenticator:
         if not token or not token.isascii():
             return INVALID
         digest = hashlib.sha256(token.encode()).digest()
-        if digest in self._verified:
-            self._verified.move_to_end(digest)
+        if _hit(self._verified, digest):
             return None
-        ok = await asyncio.get_running_loop().run_in_executor(self._threads, self._key.verify, token)
-        if not ok:
+        if _hit(self._rejected, digest):
             return INVALID
-        self._verified[digest] = None
-        if len(self._verified) > _CACHE_SIZE:
-            self._verified.popitem(last=False)
+        self._refuse_if_flooding(client)
+        self._pending += 1
+        try:
+            ok = await asyncio.get_running_loop().run_in_executor(self._threads, self._key.verify, token)
+        finally:
+            self._pending -= 1
+        _remember(self._verified if ok else self._rejected, digest)
+        if not ok:
+            self._failures.setdefault(client, deque()).append(time.monotonic())
+            return INVALID
         return None
+
+    def _refuse_if_flooding(self, client: str) -> None:
+        now = time.monotonic()
+        failures = self._failures.get(client)
+        if failures is not None:
+            while failures and now - failures[0] > FAILURE_WINDOW_S:
+                failures.popleft()
+            if not failures:
+                del self._failures[client]
+            elif len(failures) >= MAX_FAILURES:
+                wait = int(FAILURE_WINDOW_S - (now - failures[0])) + 1
+                raise TooManyRequests(
+                    f"{len(failures)} wrong tokens from this client; retry in {wait} s", wait
+                )
+        if self._pending >= MAX_PENDING_HASHES:
+            raise TooManyRequests("too many token checks in progress; retry shortly", 1)
+        if len(self._failures) > 10_000:  # many addresses: forget the oldest rather than grow without end
+            del self._failures[next(iter(self._failures))]
+
+
+def _hit(cache: OrderedDict[bytes, None], digest: bytes) -> bool:
+    if digest in cache:
+        cache.move_to_end(digest)
+        return True
+    return False
+
+
+def _remember(cache: OrderedDict[bytes, None], digest: bytes) -> None:
+    cache[digest] = None
+    if len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)

@@ -38,6 +38,15 @@ class PayloadTooLarge(MooseError):
     error = "Payload too large"
 
 
+class TooManyRequests(MooseError):
+    status = 429
+    error = "Too many requests"
+
+    def __init__(self, details: str, retry_after_s: int) -> None:
+        super().__init__(details)
+        self.retry_after_s = retry_after_s
+
+
 class Unavailable(MooseError):
     """The daemon cannot do what was asked right now (store failing, shutting down)."""
 

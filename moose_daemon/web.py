@@ -17,7 +17,7 @@ from aiohttp import web
 from .auth import Authenticator
 from .durations import format_duration, format_started_at, iso_utc
 from .engine import ConflictPolicy, Engine, WorkflowInfo
-from .errors import InvalidRequest, MooseError
+from .errors import InvalidRequest, MooseError, StoreError, TooManyRequests
 from .jsonbody import InvalidJson, parse_body
 from .models import AttemptRecord, RunRecord, RunStatus
 from .store import HistoryQuery
@@ -54,7 +54,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except MooseError as e:
-        return error_response(e.status, e.error, e.details)
+        response = error_response(e.status, e.error, e.details)
+        if isinstance(e, TooManyRequests):
+            response.headers["Retry-After"] = str(e.retry_after_s)
+        return response
+    except StoreError as e:  # the disk is full, the file is locked...: say so, acknowledge nothing
+        log.error("http.store_unavailable method=%s path=%s error=%s", request.method, request.path, e)
+        return error_response(503, "Service unavailable", f"the database cannot be used right now: {e}")
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -74,7 +80,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith("/admin"):
-        problem = await request.app[AUTH].check(request.headers.get("Authorization"))
+        problem = await request.app[AUTH].check(request.headers.get("Authorization"), request.remote or "")
         if problem is not None:
             return web.Response(status=401, text=problem)
     return await handler(request)
