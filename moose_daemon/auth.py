@@ -37,6 +37,7 @@ class Authenticator:
         self._rejected: OrderedDict[bytes, None] = OrderedDict()
         self._failures: dict[str, deque[float]] = {}
         self._pending = 0
+        self._in_flight: dict[bytes, asyncio.Future[bool]] = {}
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
@@ -55,17 +56,29 @@ class Authenticator:
             return None
         if _hit(self._rejected, digest):
             return INVALID
-        self._refuse_if_flooding(client)
-        self._pending += 1
-        try:
-            ok = await asyncio.get_running_loop().run_in_executor(self._threads, self._key.verify, token)
-        finally:
-            self._pending -= 1
-        _remember(self._verified if ok else self._rejected, digest)
+        in_flight = self._in_flight.get(digest)
+        if in_flight is not None:  # the same token is being hashed for another request: share the answer
+            ok = await asyncio.shield(in_flight)
+        else:
+            self._refuse_if_flooding(client)
+            ok = await self._hash(token, digest)
         if not ok:
             self._failures.setdefault(client, deque()).append(time.monotonic())
             return INVALID
         return None
+
+    async def _hash(self, token: str, digest: bytes) -> bool:
+        assert self._key is not None
+        future = asyncio.get_running_loop().run_in_executor(self._threads, self._key.verify, token)
+        self._in_flight[digest] = future
+        self._pending += 1
+        try:
+            ok = await asyncio.shield(future)
+        finally:
+            self._pending -= 1
+            del self._in_flight[digest]
+        _remember(self._verified if ok else self._rejected, digest)
+        return ok
 
     def _refuse_if_flooding(self, client: str) -> None:
         now = time.monotonic()

@@ -64,3 +64,7 @@ class DefinitionError(ConfigError):
 
 class StoreError(Exception):
     """The SQLite store could not do what was asked."""
+
+
+class StoreClosed(StoreError):
+    """The store was closed (the daemon is stopping): retrying is pointless."""

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ import orjson
 from .clock import Clock
 from .definitions import Task, TaskContext
 from .durations import format_duration
+from .errors import StoreClosed, StoreError
 from .models import AttemptRecord, AttemptStatus, CancelReason, RunRecord, RunStatus, new_run_id, now_us
 from .registry import LiveRun
 from .store import Store
@@ -28,6 +30,8 @@ from .validation import InputError, OutputError, coerce_input, dump_output
 log = logging.getLogger("moose_daemon.executor")
 
 ON_CANCEL_TIMEOUT_S = 30.0
+STORE_RETRY_INITIAL_S = 0.05
+STORE_RETRY_MAX_S = 5.0
 # A task interrupted this many times by daemon crashes fails instead of crashing the daemon forever.
 MAX_INTERRUPTIONS = 10
 
@@ -115,12 +119,29 @@ class Executor:
                 attempt=record.attempt + 1,
             )
         ended = now_us()
-        await self._store.finish_run(record.run_id, status, ended, error, next_run=retry)
+        await self._persist(
+            lambda: self._store.finish_run(record.run_id, status, ended, error, next_run=retry)
+        )
         record.status, record.ended_at, record.error = status, ended, error
         log.info(
             "run.finished run_id=%s workflow_id=%s status=%s", record.run_id, record.workflow_id, status.short
         )
         return retry
+
+    async def _persist(self, write: Callable[[], Awaitable[None]]) -> None:
+        """A run's progress must reach the disk before the run moves on: while the store fails (disk
+        full, file locked), wait and retry rather than run ahead of what is recorded."""
+        delay = STORE_RETRY_INITIAL_S
+        while True:
+            try:
+                await write()
+                return
+            except StoreClosed:
+                raise
+            except StoreError as e:
+                log.error("store.write_retry error=%s retry_in=%.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
 
     async def _run_tree(self, live: LiveRun, task: Task[Any, Any], input_json: str | None) -> None:
         """Depth-first, sequential: each child of `on_complete` gets the parent's output."""
@@ -135,11 +156,11 @@ class Executor:
         """Between tasks: a paused run records PAUSED and waits here until it is unpaused."""
         if live.unpaused.is_set():
             return
-        await self._store.set_paused(live.run_id, True)
+        await self._persist(partial(self._store.set_paused, live.run_id, True))
         live.record.status = RunStatus.PAUSED
         log.info("run.paused run_id=%s", live.run_id)
         await live.unpaused.wait()  # if cancelled here by a shutdown, the run stays PAUSED for the next start
-        await asyncio.shield(self._store.set_paused(live.run_id, False))
+        await asyncio.shield(self._persist(partial(self._store.set_paused, live.run_id, False)))
         live.record.status = RunStatus.RUNNING
         log.info("run.unpaused run_id=%s", live.run_id)
 
@@ -162,7 +183,7 @@ class Executor:
                 failures = live.failures[task.name] = live.failures.get(task.name, 0) + 1
                 attempt.status, attempt.ended_at = AttemptStatus.FAILED, now_us()
                 attempt.error_type, attempt.error = e.error_type, e.message
-                await asyncio.shield(self._store.end_attempt(attempt))
+                await asyncio.shield(self._persist(partial(self._store.end_attempt, attempt)))
                 log.info(
                     "task.failed run_id=%s task=%s attempt=%d error=%s", live.run_id, task.name, number, e
                 )
@@ -174,7 +195,7 @@ class Executor:
                 number += 1
                 continue
             attempt.status, attempt.ended_at = AttemptStatus.COMPLETED, now_us()
-            await asyncio.shield(self._store.end_attempt(attempt))
+            await asyncio.shield(self._persist(partial(self._store.end_attempt, attempt)))
             return attempt.output_json
 
     async def _attempt(self, live: LiveRun, task: Task[Any, Any], attempt: AttemptRecord) -> str:
@@ -239,7 +260,7 @@ class Executor:
         )
         attempt.ended_at = now_us()
         attempt.error = f"cancelled: {reason.value if reason else 'workflow timed out'}"
-        await self._store.end_attempt(attempt)
+        await self._persist(partial(self._store.end_attempt, attempt))
 
     async def _call(self, fn: Callable[[TaskContext[Any]], Any], ctx: TaskContext[Any]) -> Any:
         """`async def` runs on the loop; a plain `def` runs in a thread so it cannot block the loop."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiosqlite
 
-from .errors import StoreError
+from .errors import StoreClosed, StoreError
 from .models import AttemptRecord, AttemptStatus, RunRecord, RunStatus
 
 log = logging.getLogger("moose_daemon.store")
@@ -73,17 +73,17 @@ class Store:
         self._write_task: asyncio.Task[None] = asyncio.create_task(self._write_loop(), name="store-writer")
 
     @classmethod
-    async def open(cls, path: Path, *, synchronous: str = "NORMAL") -> Store:
+    async def open(cls, path: Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000) -> Store:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             writer = await aiosqlite.connect(path, isolation_level=None)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open database {path}: {e}") from None
         try:
-            await _prepare(writer, synchronous)
+            await _prepare(writer, synchronous, busy_timeout_ms)
             await _migrate(writer, path)
             reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-            await reader.execute("PRAGMA busy_timeout = 5000")
+            await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         except sqlite3.Error as e:
             await writer.close()
             raise StoreError(f"cannot open database {path}: {e}") from None
@@ -103,7 +103,7 @@ class Store:
 
     async def _write(self, ops: list[Op]) -> None:
         if self._closing:
-            raise StoreError("the store is closed")
+            raise StoreClosed("the store is closed")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(ops, done))
         self._wakeup.set()
@@ -399,6 +399,8 @@ def _apply_batch(conn: sqlite3.Connection, batch: list[_Pending]) -> list[BaseEx
                 for sql, params in item.ops:
                     conn.execute(sql, params)
             except sqlite3.Error as e:
+                if not conn.in_transaction:  # SQLite rolled the whole transaction back (a full disk, I/O)
+                    return [e] * len(batch)
                 conn.execute("ROLLBACK TO item")
                 results.append(e)
             else:
@@ -413,8 +415,8 @@ def _apply_batch(conn: sqlite3.Connection, batch: list[_Pending]) -> list[BaseEx
     return results
 
 
-async def _prepare(conn: aiosqlite.Connection, synchronous: str) -> None:
-    await conn.execute("PRAGMA busy_timeout = 5000")
+async def _prepare(conn: aiosqlite.Connection, synchronous: str, busy_timeout_ms: int) -> None:
+    await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     row = await (await conn.execute("PRAGMA journal_mode = WAL")).fetchone()
     if row is None or str(row[0]).lower() != "wal":
         raise StoreError("cannot switch the database to WAL mode")

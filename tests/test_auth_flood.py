@@ -103,3 +103,22 @@ async def test_a_known_good_token_skips_the_limits(monkeypatch: pytest.MonkeyPat
             await authenticator.check(f"Bearer {generate()[1]}", "c")
     finally:
         authenticator.close()
+
+
+async def test_a_burst_of_first_requests_with_one_token_hashes_it_once() -> None:
+    key, token = generate()
+    calls = []
+    real = AdminKey.parse(key)
+
+    class Counting:
+        def verify(self, t: str) -> bool:
+            calls.append(t)
+            return real.verify(t)
+
+    authenticator = Authenticator(Counting(), None)  # type: ignore[arg-type]
+    try:
+        results = await asyncio.gather(*(authenticator.check(f"Bearer {token}", "c") for _ in range(40)))
+        assert results == [None] * 40
+        assert calls == [token]
+    finally:
+        authenticator.close()
