@@ -24,6 +24,7 @@ from .loader import load_workflows
 from .reloader import Reloader
 from .store import Store
 from .tokens import AdminKey, InvalidKey
+from .watchdog import LoopWatchdog
 from .web import build_app
 
 log = logging.getLogger("moose_daemon")
@@ -81,6 +82,7 @@ async def serve(
     auth = Authenticator(admin_key, local_token)
     app = build_app(engine, auth, dashboard_base=url if dev else "", max_body=config.max_request_body_size)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    watchdog = LoopWatchdog(engine.registry)
     reloader: asyncio.Task[None] | None = None
     try:
         try:
@@ -88,6 +90,7 @@ async def serve(
         except StoreError as e:
             print(f"moose: cannot resume from {store.path}: {e}", file=sys.stderr)
             return 1
+        watchdog.start()
         await runner.setup()
         site = web.SockSite(runner, sock, backlog=1024)
         await site.start()
@@ -110,6 +113,7 @@ async def serve(
             reloader.cancel()
             await asyncio.gather(reloader, return_exceptions=True)
         await engine.stop(SHUTDOWN_GRACE_S)
+        await watchdog.stop()
         await runner.cleanup()
         auth.close()
         await store.close()

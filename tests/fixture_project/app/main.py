@@ -237,3 +237,49 @@ Workflow(
         starting_task=Task[Any, dict](name="r1", config=TaskConfig(run=r_step, on_complete=[_r2])), retries=0
     ),
 )
+
+
+# Hostile user code: the daemon must survive each and record a clear error.
+async def loop_blocker(ctx: TaskContext[Any]) -> str:
+    time.sleep(0.8)  # noqa: ASYNC251 - blocks the event loop on purpose: the watchdog must name this task
+    return "blocked"
+
+
+Workflow(
+    name="loop-blocker",
+    config=WorkflowConfig(starting_task=Task[Any, str](name="hog", config=TaskConfig(run=loop_blocker))),
+)
+
+
+async def exits_async(ctx: TaskContext[Any]) -> None:
+    raise SystemExit(3)
+
+
+def exits_sync(ctx: TaskContext[Any]) -> None:
+    import sys
+
+    sys.exit(4)
+
+
+_exit_sync = Task[Any, None](name="exit-sync", config=TaskConfig(run=exits_sync, retries=0))
+Workflow(
+    name="exits",
+    config=WorkflowConfig(
+        starting_task=Task[Any, None](name="exit-async", config=TaskConfig(run=exits_async, retries=0)),
+        retries=0,
+    ),
+)
+Workflow(name="exits-sync", config=WorkflowConfig(starting_task=_exit_sync, retries=0))
+
+
+def chatty(ctx: TaskContext[Any]) -> int:
+    chunk = "x" * 1023 + "\n"
+    for _ in range(4096):  # 4 MiB on stdout
+        print(chunk, end="")
+    return 4096
+
+
+Workflow(
+    name="chatty",
+    config=WorkflowConfig(starting_task=Task[Any, int](name="talk", config=TaskConfig(run=chatty))),
+)
