@@ -138,7 +138,10 @@ async def test_every_200_is_stored_even_when_a_batch_neighbour_fills_the_disk(ha
     bodies = [b'{"n": %d}' % i for i in range(20)]
     bodies.insert(10, big)
     responses = await asyncio.gather(
-        *(harness.client.post("/admin/workflows/slow/trigger", data=b, headers=harness.headers) for b in bodies)
+        *(
+            harness.client.post("/admin/workflows/slow/trigger", data=b, headers=harness.headers)
+            for b in bodies
+        )
     )
     acknowledged = [(await r.json())["runId"] for r in responses if r.status == 200]
     assert {r.status for r in responses} <= {200, 503}

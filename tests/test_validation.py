@@ -218,7 +218,15 @@ def test_dataclass_fields_are_type_checked_and_nested_ones_built() -> None:
     got = coerce_input(
         "t",
         _Customer,
-        {"name": "a", "age": 3, "score": 2, "vip": True, "tags": ["x"], "meta": {"k": 1}, "addr": {"city": "c"}},
+        {
+            "name": "a",
+            "age": 3,
+            "score": 2,
+            "vip": True,
+            "tags": ["x"],
+            "meta": {"k": 1},
+            "addr": {"city": "c"},
+        },
     )
     assert got == _Customer("a", 3, 2.0, True, ["x"], {"k": 1}, _Addr("c"))
     assert isinstance(got.score, float) and isinstance(got.addr, _Addr)
