@@ -5,9 +5,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from .config import CONFIG_FILE, STATE_DIR, load_config
@@ -20,8 +19,7 @@ class ClientError(Exception):
     """Anything that stops a CLI call; the message is for the user."""
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     status: int
     data: Any  # decoded JSON, or the text when the body is not JSON
 
