@@ -295,9 +295,12 @@ class Engine:
                 live.outcome = RunStatus.TERMINATED
                 stopped.append(live)
         try:
-            for live in stopped:
-                await self.store.finish_run(
-                    live.run_id, RunStatus.TERMINATED, ended, "Terminated by user request"
+            if stopped:
+                await self.store.finish_runs(
+                    [live.run_id for live in stopped],
+                    RunStatus.TERMINATED,
+                    ended,
+                    "Terminated by user request",
                 )
         except StoreError as e:
             raise Unavailable(f"the termination could not be stored: {e}", error=error) from None

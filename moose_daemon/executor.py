@@ -183,7 +183,7 @@ class Executor:
                 failures = live.failures[task.name] = live.failures.get(task.name, 0) + 1
                 attempt.status, attempt.ended_at = AttemptStatus.FAILED, now_us()
                 attempt.error_type, attempt.error = e.error_type, e.message
-                await asyncio.shield(self._persist(partial(self._store.end_attempt, attempt)))
+                await self._persist(partial(self._store.end_attempt, attempt))
                 log.info(
                     "task.failed run_id=%s task=%s attempt=%d error=%s", live.run_id, task.name, number, e
                 )
@@ -195,7 +195,7 @@ class Executor:
                 number += 1
                 continue
             attempt.status, attempt.ended_at = AttemptStatus.COMPLETED, now_us()
-            await asyncio.shield(self._persist(partial(self._store.end_attempt, attempt)))
+            await self._persist(partial(self._store.end_attempt, attempt))
             return attempt.output_json
 
     async def _attempt(self, live: LiveRun, task: Task[Any, Any], attempt: AttemptRecord) -> str:

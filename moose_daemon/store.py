@@ -25,6 +25,7 @@ from .models import AttemptRecord, AttemptStatus, RunRecord, RunStatus
 log = logging.getLogger("moose_daemon.store")
 
 SCHEMA_VERSION = 1
+CHECKPOINT_INTERVAL_S = 0.2
 Op = tuple[str, Sequence[Any]]
 _RUN_COLUMNS = "run_id, workflow_id, workflow, status, input, started_at, ended_at, error, attempt, start_task, resumed_from"
 _ATTEMPT_COLUMNS = "run_id, task, attempt, status, started_at, ended_at, input, output, error_type, error"
@@ -71,6 +72,7 @@ class Store:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._write_task: asyncio.Task[None] = asyncio.create_task(self._write_loop(), name="store-writer")
+        self._checkpoint_task = asyncio.create_task(self._checkpoint_loop(), name="store-checkpoint")
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000) -> Store:
@@ -96,8 +98,24 @@ class Store:
         self._closing = True
         self._wakeup.set()
         await self._write_task
+        self._checkpoint_task.cancel()
+        await asyncio.gather(self._checkpoint_task, return_exceptions=True)
         await self._reader.close()
         await self._writer.close()
+
+    async def _checkpoint_loop(self) -> None:
+        """Copy the WAL into the database from a connection of its own. SQLite's automatic checkpoint
+        would run inside a commit and put its fsyncs on the trigger's latency."""
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            while True:
+                await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+                try:
+                    await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as e:
+                    log.warning("store.checkpoint_failed error=%s", e)
+        finally:
+            await conn.close()
 
     # ---- the writer ---------------------------------------------------------------------------
 
@@ -175,6 +193,21 @@ class Store:
                     "UPDATE task_attempts SET status = 'INTERRUPTED', ended_at = ? WHERE status = 'RUNNING'",
                     (ended_at,),
                 )
+            ]
+        )
+
+    async def finish_runs(
+        self, run_ids: list[str], status: RunStatus, ended_at: int, error: str | None
+    ) -> None:
+        """Close many live runs in one transaction (terminate by name)."""
+        await self._write(
+            [
+                (
+                    "UPDATE runs SET status = ?, ended_at = ?, error = ? "
+                    "WHERE run_id = ? AND status IN ('RUNNING', 'PAUSED')",
+                    (status.name, ended_at, error, run_id),
+                )
+                for run_id in run_ids
             ]
         )
 
@@ -263,8 +296,8 @@ class Store:
             where.append("started_at < ?")
             params.append(q.until_us)
         if q.before is not None:
-            where.append("(started_at < ? OR (started_at = ? AND run_id < ?))")
-            params.extend((q.before[0], q.before[0], q.before[1]))
+            where.append("(started_at, run_id) < (?, ?)")  # a row value: SQLite seeks the index to it
+            params.extend(q.before)
         sql = f"SELECT {_RUN_COLUMNS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -394,6 +427,16 @@ def _apply_batch(conn: sqlite3.Connection, batch: list[_Pending]) -> list[BaseEx
     try:
         conn.execute("BEGIN IMMEDIATE")
         for item in batch:
+            if len(item.ops) == 1:  # one statement: SQLite undoes a failed statement by itself
+                try:
+                    conn.execute(*item.ops[0])
+                except sqlite3.Error as e:
+                    if not conn.in_transaction:  # SQLite rolled the whole transaction back
+                        return [e] * len(batch)
+                    results.append(e)
+                else:
+                    results.append(None)
+                continue
             conn.execute("SAVEPOINT item")
             try:
                 for sql, params in item.ops:
@@ -421,6 +464,7 @@ async def _prepare(conn: aiosqlite.Connection, synchronous: str, busy_timeout_ms
     if row is None or str(row[0]).lower() != "wal":
         raise StoreError("cannot switch the database to WAL mode")
     await conn.execute(f"PRAGMA synchronous = {synchronous}")
+    await conn.execute("PRAGMA wal_autocheckpoint = 0")  # Store._checkpoint_loop does it off the commit path
 
 
 async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
