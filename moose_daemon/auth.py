@@ -45,11 +45,13 @@ class Authenticator:
     async def check(self, header: str | None, client: str = "") -> str | None:
         """None when the request may pass, else the 401 message; raises TooManyRequests for a flood."""
         token = header[len(_PREFIX) :] if header is not None and header.startswith(_PREFIX) else None
-        if token is not None and self._local is not None and hmac.compare_digest(token.encode(), self._local):
+        if token is not None and not token.isascii():
+            token = ""  # a token is hex and dots: anything else is wrong, whatever the key
+        if token and self._local is not None and hmac.compare_digest(token.encode(), self._local):
             return None
         if self._key is None:
             return NOT_CONFIGURED
-        if not token or not token.isascii():
+        if not token:
             return INVALID
         digest = hashlib.sha256(token.encode()).digest()
         if _hit(self._verified, digest):

@@ -11,6 +11,7 @@ import secrets
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 import orjson
@@ -55,9 +56,22 @@ def main(mode: str, project_dir: Path, *, port: int | None = None, log_level: st
         print(f"moose: {e}", file=sys.stderr)
         return 1
     try:
-        return asyncio.run(serve(config, admin_key, workflows, dev=(mode == "dev")))
+        code = asyncio.run(serve(config, admin_key, workflows, dev=(mode == "dev")))
     except KeyboardInterrupt:
-        return 130
+        code = 130
+    task_threads = [t for t in threading.enumerate() if t.name.startswith("moose-task")]
+    for thread in task_threads:  # idle ones end at once: the pool was shut down
+        thread.join(timeout=0.2)
+    stuck = [t for t in task_threads if t.is_alive()]
+    if stuck:
+        # A plain `def` task that never returns cannot be stopped, and Python's exit would wait for it
+        # forever. Its run is recorded as interrupted and resumes at the next start.
+        log.warning("daemon.exit_with_stuck_tasks threads=%d", len(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 async def serve(

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import orjson
-
 from .clock import Clock
 from .definitions import Task, TaskContext
 from .durations import format_duration
@@ -25,7 +23,7 @@ from .errors import StoreClosed, StoreError
 from .models import AttemptRecord, AttemptStatus, CancelReason, RunRecord, RunStatus, new_run_id, now_us
 from .registry import LiveRun
 from .store import Store
-from .validation import InputError, OutputError, coerce_input, dump_output
+from .validation import InputError, OutputError, coerce_input, dump_output, load_json
 
 log = logging.getLogger("moose_daemon.executor")
 
@@ -49,7 +47,12 @@ class RetryPolicy:
 
 
 class TaskFailed(Exception):
-    """A task used up its attempts (or failed in a way retrying cannot fix)."""
+    """A task used up its attempts (or failed in a way retrying cannot fix: then `retryable` is False,
+    and the workflow is not retried either)."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class _AttemptFailed(Exception):
@@ -77,19 +80,22 @@ class Executor:
     async def run(self, live: LiveRun) -> RunRecord | None:
         """Drive `live` to its end; return the next run when a workflow-level retry is due."""
         workflow = live.workflow
+        retryable = True
         try:
             if live.delay_s:
                 await self._clock.sleep(live.delay_s)
             first = workflow.tasks.get(live.record.start_task or workflow.starting_task.name)
             if first is None:
                 raise TaskFailed(
-                    f"cannot resume: workflow '{workflow.name}' has no task '{live.record.start_task}'"
+                    f"cannot resume: workflow '{workflow.name}' has no task '{live.record.start_task}'",
+                    retryable=False,
                 )
             async with asyncio.timeout(workflow.timeout_s):
                 await self._run_tree(live, first, live.record.input_json)
             status, error = RunStatus.COMPLETED, None
         except TaskFailed as e:
             status, error = RunStatus.FAILED, str(e)
+            retryable = e.retryable
         except TimeoutError:
             status, error = RunStatus.TIMED_OUT, f"Workflow timed out after {_fmt(workflow.timeout_s)}"
         except asyncio.CancelledError:
@@ -100,15 +106,21 @@ class Executor:
         except Exception as e:  # a bug of ours, never the user's: their errors are caught per attempt
             log.exception("run.internal_error run_id=%s", live.run_id)
             status, error = RunStatus.FAILED, f"internal error: {type(e).__name__}: {e}"
-        return await asyncio.shield(self._finish(live, status, error))
+        return await asyncio.shield(self._finish(live, status, error, retryable=retryable))
 
-    async def _finish(self, live: LiveRun, status: RunStatus, error: str | None) -> RunRecord | None:
+    async def _finish(
+        self, live: LiveRun, status: RunStatus, error: str | None, *, retryable: bool = True
+    ) -> RunRecord | None:
         if live.outcome is not None:  # terminate (or another path) got there first
             return None
         live.outcome = status
         record = live.record
         retry = None
-        if status in (RunStatus.FAILED, RunStatus.TIMED_OUT) and record.attempt <= live.workflow.retries:
+        if (
+            retryable
+            and status in (RunStatus.FAILED, RunStatus.TIMED_OUT)
+            and record.attempt <= live.workflow.retries
+        ):
             retry = RunRecord(
                 run_id=new_run_id(),
                 workflow_id=record.workflow_id,
@@ -189,7 +201,8 @@ class Executor:
                 )
                 if not e.retryable or failures >= max_attempts:
                     raise TaskFailed(
-                        f"Task '{task.name}' failed after {failures} attempt(s): {e.error_type}: {e.message}"
+                        f"Task '{task.name}' failed after {failures} attempt(s): {e.error_type}: {e.message}",
+                        retryable=e.retryable,
                     ) from None
                 await self._clock.sleep(self._retry.delay(failures))
                 number += 1
@@ -201,7 +214,7 @@ class Executor:
     async def _attempt(self, live: LiveRun, task: Task[Any, Any], attempt: AttemptRecord) -> str:
         """One attempt; returns the output JSON or raises _AttemptFailed (or CancelledError)."""
         try:
-            raw = None if attempt.input_json is None else orjson.loads(attempt.input_json)
+            raw = None if attempt.input_json is None else load_json(attempt.input_json)
             value = coerce_input(task.name, task.input_type, raw)
         except InputError as e:
             raise _AttemptFailed("InputError", str(e), retryable=False) from None

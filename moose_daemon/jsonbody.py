@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import math
 import re
 import string
 import sys
@@ -121,6 +122,8 @@ class _FloatReader:
 
     def __call__(self, text: str) -> float:
         value = float(text)
+        if not math.isfinite(value):
+            raise _OutOfRange(text)
         if self.exact and repr(value) != text:
             self.exact = False
         return value
@@ -128,6 +131,10 @@ class _FloatReader:
 
 class _NonFiniteConstant(ValueError):
     pass
+
+
+class _OutOfRange(ValueError):
+    """A number beyond a double (1e400): Python would make it infinity, which JSON cannot hold."""
 
 
 def _refuse_non_finite(constant: str) -> object:
@@ -143,6 +150,11 @@ def _load(text: str) -> tuple[object, bool]:
         raise _from_decode_error(text, exc.msg, exc.pos) from None
     except _NonFiniteConstant:
         raise _non_finite_error(text) from None
+    except _OutOfRange as exc:
+        shown = str(exc) if len(str(exc)) <= 40 else str(exc)[:37] + "..."
+        raise InvalidJson(
+            f"number out of range: {shown} (a number with a fraction or exponent must fit a double)"
+        ) from None
     except ValueError:
         # int() refuses huge digit strings (quadratic cost); keep that guard rather than lift it globally.
         limit = sys.get_int_max_str_digits()

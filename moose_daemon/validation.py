@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import types
 import typing
 from typing import Any
@@ -44,7 +46,10 @@ def coerce_input(task: str, tp: Any, value: Any) -> Any:
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return _coerce_dataclass(task, tp, value)
     check = origin or tp
-    if isinstance(check, type) and not isinstance(value, check):
+    if check is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # JSON has one number type: 2 is a fine float
+    wrong_bool = isinstance(value, bool) and check in (int, float)  # bool is an int in Python, not in JSON
+    if wrong_bool or (isinstance(check, type) and not isinstance(value, check)):
         raise InputError(
             f"Task '{task}' requires input of type {_type_name(tp)} but received {type(value).__name__}"
         )
@@ -165,4 +170,20 @@ def dump_output(value: Any) -> str:
     try:
         return orjson.dumps(value, default=_default).decode()
     except (TypeError, orjson.JSONEncodeError) as e:
+        if "64-bit" not in str(e):
+            raise OutputError(f"returned a value JSON cannot hold: {e}") from None
+    try:  # an integer beyond 64 bits: orjson cannot, the standard library can
+        return json.dumps(value, default=_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
         raise OutputError(f"returned a value JSON cannot hold: {e}") from None
+
+
+_LONG_DIGITS = re.compile(r"[0-9]{20}")
+
+
+def load_json(text: str) -> Any:
+    """Decode stored JSON with orjson, except where an integer may exceed 64 bits: orjson would quietly
+    make it a float, the standard library keeps every digit (as MooseStack does)."""
+    if _LONG_DIGITS.search(text):
+        return json.loads(text)
+    return orjson.loads(text)

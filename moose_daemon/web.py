@@ -69,9 +69,16 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             details = f"No route {request.method} {request.path}"
         elif e.status == 405:
             details = f"{request.method} is not allowed on {request.path}"
+            response = error_response(405, e.reason, details)
+            if "Allow" in e.headers:
+                response.headers["Allow"] = e.headers["Allow"]
+            return response
         elif e.status == 413:
             details = f"Request body too large. Maximum size is {request.app._client_max_size} bytes"
         return error_response(e.status, e.reason, details)
+    except ConnectionResetError:  # the client hung up mid-request: nobody to answer, nothing wrong here
+        log.debug("http.client_gone method=%s path=%s", request.method, request.path)
+        return error_response(400, "Bad request", "the connection was closed before the request was read")
     except Exception:
         log.exception("http.internal_error method=%s path=%s", request.method, request.path)
         return error_response(500, "Internal error", "the daemon hit an unexpected error; see its log")
@@ -100,8 +107,10 @@ async def trigger(request: web.Request) -> web.Response:
     except InvalidJson as e:
         raise InvalidRequest(e.details, error="Invalid JSON body") from None
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= 255:
-        raise InvalidRequest("Idempotency-Key must be 1 to 255 characters", error="Invalid request")
+    if key is not None and not (1 <= len(key) <= 255 and key.isascii() and key.isprintable()):
+        raise InvalidRequest(
+            "Idempotency-Key must be 1 to 255 printable ASCII characters", error="Invalid request"
+        )
     raw_policy = _single(request, "conflict") or ConflictPolicy.FAIL.value
     try:
         policy = ConflictPolicy(raw_policy)
@@ -245,7 +254,7 @@ def history_entry(r: RunRecord, now: float) -> dict[str, Any]:
 
 def run_entry(record: RunRecord, attempts: list[AttemptRecord]) -> dict[str, Any]:
     entry = history_entry(record, time.time())
-    entry["input"] = None if record.input_json is None else orjson.loads(record.input_json)
+    entry["input"] = _stored(record.input_json)
     entry["start_task"] = record.start_task
     entry["resumed_from"] = record.resumed_from
     entry["tasks"] = [attempt_entry(a) for a in attempts]
@@ -266,6 +275,11 @@ def workflow_entry(info: WorkflowInfo, now: float) -> dict[str, Any]:
     }
 
 
+def _stored(json_text: str | None) -> orjson.Fragment | None:
+    """Stored JSON goes out as it is: no decoding, and integers beyond 64 bits survive."""
+    return None if json_text is None else orjson.Fragment(json_text)
+
+
 def attempt_entry(a: AttemptRecord) -> dict[str, Any]:
     return {
         "task": a.task,
@@ -273,8 +287,8 @@ def attempt_entry(a: AttemptRecord) -> dict[str, Any]:
         "status": a.status.value,
         "started_at": iso_utc(a.started_at / 1e6),
         "ended_at": None if a.ended_at is None else iso_utc(a.ended_at / 1e6),
-        "input": None if a.input_json is None else orjson.loads(a.input_json),
-        "output": None if a.output_json is None else orjson.loads(a.output_json),
+        "input": _stored(a.input_json),
+        "output": _stored(a.output_json),
         "error_type": a.error_type,
         "error": a.error,
     }

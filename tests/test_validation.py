@@ -184,7 +184,11 @@ def test_dump_output_dataclass_datetime_uuid_and_collections() -> None:
     assert orjson.loads(dump_output(frozenset({"z"}))) == ["z"]
 
 
-@pytest.mark.parametrize("value", [object(), {"a": object()}, [1, Person], 2**70])
+def test_dump_output_keeps_integers_beyond_64_bits() -> None:
+    assert dump_output({"n": 2**70}) == '{"n":1180591620717411303424}'
+
+
+@pytest.mark.parametrize("value", [object(), {"a": object()}, [1, Person], {"big": 2**70, "x": object()}])
 def test_dump_output_refuses_what_json_cannot_hold(value: Any) -> None:
     with pytest.raises(OutputError, match="JSON cannot hold"):
         dump_output(value)
