@@ -91,7 +91,7 @@ class Executor:
                     retryable=False,
                 )
             async with asyncio.timeout(workflow.timeout_s):
-                await self._run_tree(live, first, live.record.input_json)
+                await self._run_tree(live, first, live.record.input_json, _last_in_order(first))
             status, error = RunStatus.COMPLETED, None
         except TaskFailed as e:
             status, error = RunStatus.FAILED, str(e)
@@ -132,7 +132,9 @@ class Executor:
             )
         ended = now_us()
         await self._persist(
-            lambda: self._store.finish_run(record.run_id, status, ended, error, next_run=retry)
+            lambda: self._store.finish_run(
+                record.run_id, status, ended, error, next_run=retry, last_attempt=live.held_attempt
+            )
         )
         record.status, record.ended_at, record.error = status, ended, error
         log.info(
@@ -155,14 +157,16 @@ class Executor:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX_S)
 
-    async def _run_tree(self, live: LiveRun, task: Task[Any, Any], input_json: str | None) -> None:
+    async def _run_tree(
+        self, live: LiveRun, task: Task[Any, Any], input_json: str | None, last: Task[Any, Any]
+    ) -> None:
         """Depth-first, sequential: each child of `on_complete` gets the parent's output."""
         output = live.completed.get(task.name)
         if output is None:
             await self._boundary(live)
-            output = await self._run_task(live, task, input_json)
+            output = await self._run_task(live, task, input_json, last=task is last)
         for child in task.on_complete:
-            await self._run_tree(live, child, output)
+            await self._run_tree(live, child, output, last)
 
     async def _boundary(self, live: LiveRun) -> None:
         """Between tasks: a paused run records PAUSED and waits here until it is unpaused."""
@@ -176,7 +180,9 @@ class Executor:
         live.record.status = RunStatus.RUNNING
         log.info("run.unpaused run_id=%s", live.run_id)
 
-    async def _run_task(self, live: LiveRun, task: Task[Any, Any], input_json: str | None) -> str:
+    async def _run_task(
+        self, live: LiveRun, task: Task[Any, Any], input_json: str | None, *, last: bool = False
+    ) -> str:
         max_attempts = task.retries + 1
         number = live.next_attempt.get(task.name, 1)
         if number - 1 - live.failures.get(task.name, 0) >= MAX_INTERRUPTIONS:
@@ -208,7 +214,10 @@ class Executor:
                 number += 1
                 continue
             attempt.status, attempt.ended_at = AttemptStatus.COMPLETED, now_us()
-            await self._persist(partial(self._store.end_attempt, attempt))
+            if last:  # nothing runs after it: _finish writes it with the run's status, one write fewer
+                live.held_attempt = attempt
+            else:
+                await self._persist(partial(self._store.end_attempt, attempt))
             return attempt.output_json
 
     async def _attempt(self, live: LiveRun, task: Task[Any, Any], attempt: AttemptRecord) -> str:
@@ -283,6 +292,13 @@ class Executor:
         if inspect.isawaitable(result):
             result = await result
         return result
+
+
+def _last_in_order(task: Task[Any, Any]) -> Task[Any, Any]:
+    """The task a depth-first walk from `task` runs last."""
+    while task.on_complete:
+        task = task.on_complete[-1]
+    return task
 
 
 def _fmt(seconds: float | None) -> str:

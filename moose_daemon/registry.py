@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .definitions import TaskContext, Workflow
-from .models import CancelReason, RunRecord, RunStatus
+from .models import AttemptRecord, CancelReason, RunRecord, RunStatus
 
 
 def _open_gate() -> asyncio.Event:
@@ -31,6 +31,8 @@ class LiveRun:
     cancel_reason: CancelReason | None = None
     context: TaskContext[Any] | None = None  # the attempt in flight
     task: asyncio.Task[None] | None = None
+    # The run's last task's COMPLETED attempt: written with the run's final status, in one transaction.
+    held_attempt: AttemptRecord | None = None
     # Cleared while the run is paused: the executor waits on it at the next task boundary.
     unpaused: asyncio.Event = field(default_factory=_open_gate)
 

@@ -166,14 +166,17 @@ class Store:
         error: str | None,
         *,
         next_run: RunRecord | None = None,
+        last_attempt: AttemptRecord | None = None,
     ) -> None:
-        """Close a RUNNING run (a no-op if it is already closed) and optionally open its retry, atomically."""
-        ops: list[Op] = [
+        """Close a RUNNING run (a no-op if it is already closed), with its last task's attempt if that is
+        not written yet, and open its retry if one is due: all in one transaction."""
+        ops: list[Op] = [_attempt_op(last_attempt)] if last_attempt is not None else []
+        ops.append(
             (
                 "UPDATE runs SET status = ?, ended_at = ?, error = ? WHERE run_id = ? AND status IN ('RUNNING', 'PAUSED')",
                 (status.name, ended_at, error, run_id),
             )
-        ]
+        )
         if next_run is not None:
             ops.append(_insert_run_op(next_run))
         await self._write(ops)
