@@ -186,8 +186,9 @@ class Executor:
         max_attempts = task.retries + 1
         number = live.next_attempt.get(task.name, 1)
         if number - 1 - live.failures.get(task.name, 0) >= MAX_INTERRUPTIONS:
-            raise TaskFailed(
-                f"Task '{task.name}' was interrupted {MAX_INTERRUPTIONS} times by daemon restarts"
+            raise TaskFailed(  # not retried as a new run either: it would likely take the daemon down again
+                f"Task '{task.name}' was interrupted {MAX_INTERRUPTIONS} times by daemon restarts",
+                retryable=False,
             )
         while True:
             attempt = AttemptRecord(

@@ -142,6 +142,9 @@ async def test_a_task_interrupted_too_often_fails_the_run(project: Path, store: 
     assert final.status is RunStatus.FAILED
     assert final.error is not None and "interrupted" in final.error and "'a'" in final.error
     assert f"{run.run_id} a" not in executions(project)
+    # and it is not retried as a new run (chain has the default 3 workflow retries): it would crash again
+    runs = await store.history(HistoryQuery(limit=10, workflow="chain"))
+    assert [r.run_id for r in runs] == [run.run_id]
 
 
 async def test_run_of_a_removed_workflow_fails_with_the_reason(project: Path, store: Store) -> None:
