@@ -212,18 +212,30 @@ def _table(rows: Sequence[tuple[str, ...]]) -> None:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    query: dict[str, str] = {"limit": str(args.limit)}
-    if args.status:
-        query["status"] = args.status
-    if args.workflow:
-        query["workflow"] = args.workflow
-    rows = _call(args, "GET", f"/admin/workflows/history?{urlencode(query)}").data
+    """Pages through the daemon's history (1000 rows a request) until --limit rows, as MooseStack's CLI
+    has no cap."""
+    query: dict[str, str] = {}
+    for key in ("status", "workflow", "since", "until", "cursor"):
+        if getattr(args, key):
+            query[key] = str(getattr(args, key))
+    rows: list[Any] = []
+    cursor = None
+    while len(rows) < args.limit:
+        query["limit"] = str(min(args.limit - len(rows), 1000))
+        reply = _call(args, "GET", f"/admin/workflows/history?{urlencode(query)}")
+        rows += reply.data
+        cursor = reply.next_cursor
+        if cursor is None:
+            break
+        query["cursor"] = cursor
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
     rows_out: list[tuple[str, ...]] = [("Workflow Name", "Run ID", "Status", "Started At", "Duration")]
     rows_out += [(r["name"], r["run_id"], _short(r["status"]), r["started_at"], r["duration"]) for r in rows]
     _table(rows_out)
+    if cursor is not None:
+        print(f"more: moose workflow history --cursor {cursor}", file=sys.stderr)
     return 0
 
 
@@ -315,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("-s", "--status", help="RUNNING, COMPLETED, FAILED, CANCELED, TERMINATED or TIMED_OUT")
     hist.add_argument("-l", "--limit", type=_positive_int, default=10)
     hist.add_argument("-w", "--workflow", help="only runs of this workflow")
+    hist.add_argument("--since", type=float, metavar="UNIX_SECONDS", help="runs started at or after")
+    hist.add_argument("--until", type=float, metavar="UNIX_SECONDS", help="runs started before")
+    hist.add_argument("--cursor", help="continue after the page that printed this cursor")
     hist.add_argument("--json", action="store_true")
     hist.set_defaults(func=cmd_history)
     for verb_parser in {id(p): p for p in wf_sub.choices.values()}.values():  # `--project` after the verb too

@@ -22,6 +22,7 @@ class ClientError(Exception):
 class Reply(NamedTuple):
     status: int
     data: Any  # decoded JSON, or the text when the body is not JSON
+    next_cursor: str | None = None  # X-Next-Cursor of a history page
 
     @property
     def ok(self) -> bool:
@@ -113,4 +114,4 @@ class DaemonClient:
             data: Any = json.loads(text) if text else None
         except ValueError:
             data = text
-        return Reply(response.status, data)
+        return Reply(response.status, data, response.getheader("X-Next-Cursor"))
