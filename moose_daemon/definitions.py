@@ -7,7 +7,6 @@ loader clears it, imports the user's `main.py`, and takes what was registered.
 from __future__ import annotations
 
 import sys
-import threading
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,12 +34,14 @@ class TaskContext(Generic[T]):
     run_id: str = ""
     task: str = ""
     attempt: int = 1
-    _cancel_event: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    # A plain flag, set by the daemon's thread and read by the task's: assigning a bool is atomic in
+    # CPython, and a threading.Event per attempt costs more than the rest of the context.
+    _cancel_requested: bool = field(default=False, repr=False, compare=False)
 
     @property
     def cancelled(self) -> bool:
         """True once the run was cancelled or terminated: a `def` task should check it and return."""
-        return self._cancel_event.is_set()
+        return self._cancel_requested
 
 
 TaskRun = Callable[[TaskContext[Any]], Any | Awaitable[Any]]

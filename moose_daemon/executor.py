@@ -246,12 +246,12 @@ class Executor:
             if current is not None and current.cancelling() == 0:
                 # Raised by the task's own code (it awaited something that was cancelled), not by us.
                 raise _AttemptFailed("CancelledError", str(e) or "the task raised CancelledError") from None
-            ctx._cancel_event.set()
+            ctx._cancel_requested = True
             await asyncio.shield(self._cancelled(live, task, ctx, attempt))
             raise
         except TimeoutError as e:
             if deadline.expired():
-                ctx._cancel_event.set()
+                ctx._cancel_requested = True
                 raise _AttemptFailed(
                     "TimeoutError", f"Task '{task.name}' timed out after {_fmt(task.timeout_s)}"
                 ) from None

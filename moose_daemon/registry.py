@@ -85,7 +85,7 @@ class Registry:
             return False
         live.cancel_reason = reason  # a run still being stored has no task yet: its launch reads this
         if live.context is not None:
-            live.context._cancel_event.set()
+            live.context._cancel_requested = True
         if live.task is not None:
             live.task.cancel(reason.value)
         return True
