@@ -118,11 +118,9 @@ async def serve(
             folder = config.project_dir / config.source_dir
             watcher = Reloader(engine, lambda: load_workflows(config.project_dir, config.source_dir), folder)
             reloader = asyncio.create_task(watcher.run(), name="dev-reloader")
-        print(
-            f"moose_daemon ready at {url} ({'dev' if dev else 'prod'}, {len(workflows)} workflows: "
-            f"{', '.join(sorted(workflows)) or 'none'})",
-            flush=True,
-        )
+        count = f"{len(workflows)} workflow{'' if len(workflows) == 1 else 's'}"
+        names = ", ".join(sorted(workflows)) or "none"
+        print(f"moose_daemon ready at {url} ({'dev' if dev else 'prod'}, {count}: {names})", flush=True)
         await stop.wait()
         log.info("daemon.stopping")
         await site.stop()
