@@ -7,7 +7,6 @@ that `daemon_factory` stops after the test.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import re
@@ -19,10 +18,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-from conftest import FIXTURE_PROJECT, KEY, MOOSE, TOKEN, DaemonProcess, executions
+from conftest import FIXTURE_PROJECT, KEY, MOOSE, TOKEN, DaemonProcess, executions, http_request
 
 KEY_ENV = {"MOOSE_AUTHENTICATION__ADMIN_API_KEY": KEY}
 RUN_ID = re.compile(r"^\s*runId:\s+(\S+)\s*$", re.MULTILINE)
@@ -50,19 +48,7 @@ def assert_clean_failure(r: subprocess.CompletedProcess[str], code: int) -> None
 def request(
     url: str, method: str, path: str, token: str | None, body: bytes | None = None
 ) -> tuple[int, Any]:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        raw = resp.read().decode()
-    finally:
-        conn.close()
-    try:
-        return resp.status, json.loads(raw)
-    except ValueError:
-        return resp.status, raw
+    return http_request(url, method, path, token, body)
 
 
 def local_token(project: Path) -> str:

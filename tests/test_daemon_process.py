@@ -6,7 +6,6 @@ Only loopback addresses; every subprocess has a timeout; `daemon_factory` kills 
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
@@ -22,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import KEY, MOOSE, TOKEN, DaemonProcess, executions
+from conftest import KEY, MOOSE, TOKEN, DaemonProcess, executions, http_request
 
 KEY_ENV = {"MOOSE_AUTHENTICATION__ADMIN_API_KEY": KEY}
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")  # logging's records, not the refusal reason
@@ -36,19 +35,7 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def request(
     url: str, method: str, path: str, token: str | None = TOKEN, body: bytes | None = None
 ) -> tuple[int, Any]:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        raw = resp.read().decode()
-    finally:
-        conn.close()
-    try:
-        return resp.status, json.loads(raw)
-    except ValueError:
-        return resp.status, raw
+    return http_request(url, method, path, token, body)
 
 
 def wait_for(predicate: Callable[[], bool], within_s: float = 10.0, what: str = "condition") -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KEY, TOKEN, FakeClock, Harness, make_harness
+from conftest import KEY, REAL_PAIRS, TOKEN, FakeClock, Harness, make_harness
 
 from moose_daemon.auth import INVALID, NOT_CONFIGURED, Authenticator
 from moose_daemon.engine import Engine
@@ -19,37 +19,6 @@ from moose_daemon.store import Store
 from moose_daemon.tokens import AdminKey, generate, generate_pbkdf2
 from moose_daemon.web import build_app
 
-# Contract §2.2: (ENV API Key, Bearer token) pairs made by the real `moose generate hash-token`.
-REAL_PAIRS = [
-    (
-        "f4d2103456c63793d3e7571f52d3e250b387b061",
-        "430f0a069188d45e51871da8a782a758.a76e57c17106cb7e7a7bd9dbdfa0ccea",
-    ),
-    (
-        "5991fbff6ce9c99aaa7ac106e6b50518f18355d2",
-        "ee76895e8ceeb194a4adbd53c88a8a2a.03ba1e9b0d046da4aa637366dbe639e3",
-    ),
-    (
-        "b1258926ef4b9c80e21a4011c9118f694725ad01",
-        "6c6cf76c4156c802be41e2f8adcc86ad.f6f45138103c3ba906a41cd38e2e89a4",
-    ),
-    (
-        "3edaee4f2c14e87e92bcd2e9206a9c0f03d5f101",
-        "3f89933f2ff9f35f81627f32b70da716.63b8c8cd7cb37731a56c355187c3c547",
-    ),
-    (
-        "b27d264c0c8e29cde009cb3f28871ec0ad69b2af",
-        "173a78ca9870d249a3e490a9c9813bf8.c05d84dee8bcea4ce3fb951184c86461",
-    ),
-    (
-        "b677f563b3f74a47182365ae4335b04eb9102b94",
-        "909f96e78124342e6865443d018e2627.e2a7fde397ae3ab962e5a2ce3cf2e665",
-    ),
-    (
-        "445fd4696cfc5c49e28995c4aba05de44303a112",
-        "deadbeefdeadbeefdeadbeefdeadbeef.0123456789abcdef0123456789abcdef",
-    ),
-]
 OTHER_TOKEN = REAL_PAIRS[1][1]
 
 # Every /admin route: id -> (method, path, the status it answers past the gate with a good token).

@@ -6,7 +6,6 @@ binary and the seed's `moose workflow run` commands. Only the host and port (and
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import re
@@ -16,10 +15,9 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-from conftest import MOOSE, REPO, DaemonProcess
+from conftest import MOOSE, REPO, DaemonProcess, http_request
 
 # ---- the seed's commands, verbatim ----------------------------------------------------------------
 
@@ -90,18 +88,7 @@ def moose_cli(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def get(url: str, path: str, token: str) -> tuple[int, Any]:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-    try:
-        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
-        resp = conn.getresponse()
-        raw = resp.read().decode()
-    finally:
-        conn.close()
-    try:
-        return resp.status, json.loads(raw)
-    except ValueError:
-        return resp.status, raw
+    return http_request(url, "GET", path, token)
 
 
 def wait_status(url: str, token: str, run_id: str, status: str, within_s: float = 15.0) -> dict[str, Any]:
