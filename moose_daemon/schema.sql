@@ -32,7 +32,6 @@ CREATE TABLE task_attempts (
     error       TEXT,
     PRIMARY KEY (run_id, task, attempt)
 ) WITHOUT ROWID;
-CREATE INDEX attempts_running ON task_attempts (status) WHERE status = 'RUNNING';
 
 -- Per workflow: paused or not, and where its schedule stands.
 CREATE TABLE workflow_state (

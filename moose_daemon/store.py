@@ -193,7 +193,9 @@ class Store:
         await self._write(
             [
                 (
-                    "UPDATE task_attempts SET status = 'INTERRUPTED', ended_at = ? WHERE status = 'RUNNING'",
+                    # only runs left open can have attempts left RUNNING: the runs' status index finds them
+                    "UPDATE task_attempts SET status = 'INTERRUPTED', ended_at = ? WHERE status = 'RUNNING' "
+                    "AND run_id IN (SELECT run_id FROM runs WHERE status IN ('RUNNING', 'PAUSED'))",
                     (ended_at,),
                 )
             ]
@@ -388,8 +390,12 @@ def _insert_run_op(run: RunRecord) -> Op:
 
 
 def _attempt_op(a: AttemptRecord) -> Op:
+    """An upsert: the start inserts the row, the end updates it in place (cheaper than a replace)."""
     return (
-        f"INSERT OR REPLACE INTO task_attempts ({_ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        f"INSERT INTO task_attempts ({_ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+        "ON CONFLICT (run_id, task, attempt) DO UPDATE SET status = excluded.status, "
+        "ended_at = excluded.ended_at, output = excluded.output, error_type = excluded.error_type, "
+        "error = excluded.error",
         (
             a.run_id, a.task, a.attempt, a.status.value, a.started_at,
             a.ended_at, a.input_json, a.output_json, a.error_type, a.error,
