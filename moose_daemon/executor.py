@@ -129,6 +129,8 @@ class Executor:
                 input_json=record.input_json,
                 started_at=now_us(),
                 attempt=record.attempt + 1,
+                start_task=record.start_task,  # a resumed run is retried from where it resumed
+                resumed_from=record.resumed_from,
             )
         ended = now_us()
         await self._persist(

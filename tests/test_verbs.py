@@ -316,3 +316,54 @@ async def test_the_reloader_notices_a_file_change(aiohttp_client: Any, tmp_path:
         await h.engine.stop(1.0)
         auth.close()
         await h.store.close()
+
+
+RETRIED_RESUME = textwrap.dedent(
+    """
+    from pathlib import Path
+    from typing import Any
+    from moose_daemon import Task, TaskConfig, TaskContext, Workflow, WorkflowConfig
+
+    LOG = Path(__file__).resolve().parent.parent / "executions.log"
+
+    def step(ctx: TaskContext[Any]) -> str:
+        with LOG.open("a") as f:
+            f.write(f"{ctx.run_id} {ctx.task}\\n")
+        if ctx.task == "s2":
+            raise RuntimeError("s2 fails")
+        return "s1 out"
+
+    s2 = Task[Any, str](name="s2", config=TaskConfig(run=step, retries=0))
+    s1 = Task[Any, str](name="s1", config=TaskConfig(run=step, on_complete=[s2]))
+    Workflow(name="twice", config=WorkflowConfig(starting_task=s1, retries=1))
+    """
+)
+
+
+async def test_a_resumed_run_is_retried_from_where_it_resumed(aiohttp_client: Any, tmp_path: Path) -> None:
+    project = write_project(tmp_path / "retried", RETRIED_RESUME)
+    h, auth = await make_harness(aiohttp_client, project, project / ".moose" / "moose.db")
+    try:
+        first = await h.trigger("twice")  # fails, and its workflow retry fails too
+        for _ in range(200):
+            _, rows = await get(h, "/admin/workflows/history?workflow=twice")
+            if len(rows) == 2 and all(r["status"].endswith("FAILED") for r in rows):
+                break
+            await asyncio.sleep(0.02)
+        status, body = await post(h, "/admin/workflows/twice/resume", json={"from": "s2"})
+        assert status == 200, body
+        for _ in range(200):
+            _, rows = await get(h, "/admin/workflows/history?workflow=twice")
+            if len(rows) == 4 and all(r["status"].endswith("FAILED") for r in rows):
+                break
+            await asyncio.sleep(0.02)
+        assert len(rows) == 4, rows
+        retry = rows[0]  # the resumed run's own workflow-level retry
+        assert retry["attempt"] == 2 and retry["name"] == first["workflowId"]
+        detail = await h.run(retry["run_id"])
+        assert detail["start_task"] == "s2" and [t["task"] for t in detail["tasks"]] == ["s2"]
+        assert [t["input"] for t in detail["tasks"]] == ["s1 out"]
+    finally:
+        await h.engine.stop(1.0)
+        auth.close()
+        await h.store.close()
