@@ -1,17 +1,16 @@
 """All SQL lives here. One writer connection with group commit, one reader connection (WAL).
 
-Writes are queued; a single writer task commits everything queued so far in one transaction, each
-item inside its own savepoint so that one failing item does not take the others down. An awaited
-write returns only after its transaction committed: that is what makes a 200 on trigger durable.
+Writes are queued to the writer thread (group_commit), which commits everything queued so far in one
+transaction. An awaited write returns only after its transaction committed: that is what makes a 200
+on trigger durable.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,21 +19,15 @@ from typing import Any
 import aiosqlite
 
 from .errors import StoreClosed, StoreError
+from .group_commit import GroupCommitWriter, Op
 from .models import AttemptRecord, AttemptStatus, RunRecord, RunStatus
 
 log = logging.getLogger("moose_daemon.store")
 
 SCHEMA_VERSION = 1
 CHECKPOINT_INTERVAL_S = 0.2
-Op = tuple[str, Sequence[Any]]
 _RUN_COLUMNS = "run_id, workflow_id, workflow, status, input, started_at, ended_at, error, attempt, start_task, resumed_from"
 _ATTEMPT_COLUMNS = "run_id, task, attempt, status, started_at, ended_at, input, output, error_type, error"
-
-
-@dataclass(slots=True)
-class _Pending:
-    ops: list[Op]
-    done: asyncio.Future[None] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,44 +57,36 @@ class HistoryQuery:
 
 
 class Store:
-    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(self, path: Path, writer: GroupCommitWriter, reader: aiosqlite.Connection) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
-        self._pending: list[_Pending] = []
-        self._wakeup = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         self._closing = False
-        self._write_task: asyncio.Task[None] = asyncio.create_task(self._write_loop(), name="store-writer")
+        # Attempt starts wait for the end of the loop iteration: see start_attempt.
+        self._unsent_starts: dict[tuple[str, str, int], list[Op]] = {}
+        self._flush_scheduled = False
         self._checkpoint_task = asyncio.create_task(self._checkpoint_loop(), name="store-checkpoint")
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000) -> Store:
+        loop = asyncio.get_running_loop()
+        conn = await loop.run_in_executor(None, _open_writer, path, synchronous, busy_timeout_ms)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            writer = await aiosqlite.connect(path, isolation_level=None)
-        except (OSError, sqlite3.Error) as e:
-            raise StoreError(f"cannot open database {path}: {e}") from None
-        try:
-            await _prepare(writer, synchronous, busy_timeout_ms)
-            await _migrate(writer, path)
             reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         except sqlite3.Error as e:
-            await writer.close()
+            conn.close()
             raise StoreError(f"cannot open database {path}: {e}") from None
-        except StoreError:
-            await writer.close()
-            raise
-        return cls(path, writer, reader)
+        return cls(path, GroupCommitWriter(conn, loop), reader)
 
     async def close(self) -> None:
         self._closing = True
-        self._wakeup.set()
-        await self._write_task
+        self._send_starts()
+        await self._writer.close()
         self._checkpoint_task.cancel()
         await asyncio.gather(self._checkpoint_task, return_exceptions=True)
         await self._reader.close()
-        await self._writer.close()
 
     async def _checkpoint_loop(self) -> None:
         """Copy the WAL into the database from a connection of its own. SQLite's automatic checkpoint
@@ -122,35 +107,13 @@ class Store:
     async def _write(self, ops: list[Op]) -> None:
         if self._closing:
             raise StoreClosed("the store is closed")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(ops, done))
-        self._wakeup.set()
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._writer.submit(ops, done)
         await done
 
-    def _write_later(self, ops: list[Op]) -> None:
-        """Queue a write nobody waits for; it still commits before any write queued after it."""
-        if not self._closing:
-            self._pending.append(_Pending(ops, None))
-            self._wakeup.set()
-
-    async def _write_loop(self) -> None:
-        while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                continue
-            batch, self._pending = self._pending, []
-            try:
-                # aiosqlite has no public call that runs several statements in one hop to its thread.
-                results: list[BaseException | None] = await self._writer._execute(  # type: ignore[no-untyped-call]
-                    _apply_batch, self._writer._conn, batch
-                )
-            except Exception as e:  # the batch never ran; fail every item in it
-                results = [e] * len(batch)
-            for item, error in zip(batch, results, strict=True):
-                _settle(item, error)
+    async def on_writer(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run `fn` with the writer connection, in order with the writes (for pragmas and tests)."""
+        return await self._writer.call(fn)
 
     # ---- writes -------------------------------------------------------------------------------
 
@@ -170,7 +133,10 @@ class Store:
     ) -> None:
         """Close a RUNNING run (a no-op if it is already closed), with its last task's attempt if that is
         not written yet, and open its retry if one is due: all in one transaction."""
-        ops: list[Op] = [_attempt_op(last_attempt)] if last_attempt is not None else []
+        ops: list[Op] = []
+        if last_attempt is not None:
+            self._drop_unsent_start(last_attempt)
+            ops.append(_attempt_op(last_attempt))
         ops.append(
             (
                 "UPDATE runs SET status = ?, ended_at = ?, error = ? WHERE run_id = ? AND status IN ('RUNNING', 'PAUSED')",
@@ -182,10 +148,28 @@ class Store:
         await self._write(ops)
 
     def start_attempt(self, attempt: AttemptRecord) -> None:
-        self._write_later([_attempt_op(attempt)])
+        """Record a RUNNING attempt, not waited for. It is sent at the end of this loop iteration, so an
+        attempt that ends before then (a task that never waits) is written once, by its end."""
+        if self._closing:
+            return
+        self._unsent_starts[(attempt.run_id, attempt.task, attempt.attempt)] = [_attempt_op(attempt)]
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._send_starts)
+
+    def _send_starts(self) -> None:
+        self._flush_scheduled = False
+        starts, self._unsent_starts = self._unsent_starts, {}
+        for ops in starts.values():
+            self._writer.submit(ops, None)
+
+    def _drop_unsent_start(self, attempt: AttemptRecord) -> None:
+        """The attempt's end is an upsert of the whole row: its start need not be written at all."""
+        self._unsent_starts.pop((attempt.run_id, attempt.task, attempt.attempt), None)
 
     async def end_attempt(self, attempt: AttemptRecord) -> None:
         """Durable on return: a COMPLETED attempt is never run again after a crash."""
+        self._drop_unsent_start(attempt)
         await self._write([_attempt_op(attempt)])
 
     async def mark_interrupted_attempts(self, ended_at: int) -> None:
@@ -415,79 +399,46 @@ def _attempt(row: Sequence[Any]) -> AttemptRecord:
     )
 
 
-def _settle(item: _Pending, error: BaseException | None) -> None:
-    if item.done is None:
-        if error is not None:
-            log.error("store.write_failed error=%s", error)
-        return
-    if item.done.done():  # the waiter was cancelled; the write itself still happened or failed
-        return
-    if error is None:
-        item.done.set_result(None)
-    elif isinstance(error, sqlite3.IntegrityError):
-        item.done.set_exception(error)
-    else:
-        item.done.set_exception(StoreError(f"database write failed: {error}"))
-
-
-def _apply_batch(conn: sqlite3.Connection, batch: list[_Pending]) -> list[BaseException | None]:
-    """Runs in the writer connection's thread: one transaction, one savepoint per item."""
-    results: list[BaseException | None] = []
+def _open_writer(path: Path, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
+    """The writer connection, in WAL mode and at the current schema (runs in a worker thread)."""
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        for item in batch:
-            if len(item.ops) == 1:  # one statement: SQLite undoes a failed statement by itself
-                try:
-                    conn.execute(*item.ops[0])
-                except sqlite3.Error as e:
-                    if not conn.in_transaction:  # SQLite rolled the whole transaction back
-                        return [e] * len(batch)
-                    results.append(e)
-                else:
-                    results.append(None)
-                continue
-            conn.execute("SAVEPOINT item")
-            try:
-                for sql, params in item.ops:
-                    conn.execute(sql, params)
-            except sqlite3.Error as e:
-                if not conn.in_transaction:  # SQLite rolled the whole transaction back (a full disk, I/O)
-                    return [e] * len(batch)
-                conn.execute("ROLLBACK TO item")
-                results.append(e)
-            else:
-                results.append(None)
-            conn.execute("RELEASE item")
-        conn.execute("COMMIT")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except (OSError, sqlite3.Error) as e:
+        raise StoreError(f"cannot open database {path}: {e}") from None
+    try:
+        _prepare(conn, synchronous, busy_timeout_ms)
+        _migrate(conn, path)
     except sqlite3.Error as e:
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        return [e] * len(batch)
-    return results
+        conn.close()
+        raise StoreError(f"cannot open database {path}: {e}") from None
+    except StoreError:
+        conn.close()
+        raise
+    return conn
 
 
-async def _prepare(conn: aiosqlite.Connection, synchronous: str, busy_timeout_ms: int) -> None:
-    await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    row = await (await conn.execute("PRAGMA journal_mode = WAL")).fetchone()
+def _prepare(conn: sqlite3.Connection, synchronous: str, busy_timeout_ms: int) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    row = conn.execute("PRAGMA journal_mode = WAL").fetchone()
     if row is None or str(row[0]).lower() != "wal":
         raise StoreError("cannot switch the database to WAL mode")
-    await conn.execute(f"PRAGMA synchronous = {synchronous}")
-    await conn.execute("PRAGMA wal_autocheckpoint = 0")  # Store._checkpoint_loop does it off the commit path
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA wal_autocheckpoint = 0")  # Store._checkpoint_loop does it off the commit path
 
 
-async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
-    row = await (await conn.execute("PRAGMA user_version")).fetchone()
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    row = conn.execute("PRAGMA user_version").fetchone()
     version = int(row[0]) if row else 0
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"{path} was written by a newer moose_daemon (schema {version}, this one knows {SCHEMA_VERSION})"
         )
     if version == 0:
-        tables = await conn.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
-        if list(tables):
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        if tables:
             raise StoreError(
                 f"{path} is a SQLite database of something else (it has tables but no schema version)"
             )
         schema = resources.files("moose_daemon").joinpath("schema.sql").read_text()
-        await conn.executescript(f"BEGIN;\n{schema}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+        conn.executescript(f"BEGIN;\n{schema}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")

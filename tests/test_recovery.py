@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import FakeClock, executions
 
-import moose_daemon.store as store_module
+import moose_daemon.group_commit as group_commit
 from moose_daemon.engine import Engine
 from moose_daemon.errors import Conflict
 from moose_daemon.jsonbody import parse_body
@@ -254,13 +254,13 @@ async def test_trigger_maps_the_unique_index_to_conflict(project: Path, store: S
 def batches(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """Record the first parameter (the run_id for inserts) of each item of each committed batch."""
     seen: list[list[str]] = []
-    real = store_module._apply_batch
+    real = group_commit.apply_batch
 
     def spy(conn: sqlite3.Connection, batch: list[Any]) -> list[BaseException | None]:
         seen.append([str(item.ops[0][1][0]) for item in batch])
         return real(conn, batch)
 
-    monkeypatch.setattr(store_module, "_apply_batch", spy)
+    monkeypatch.setattr(group_commit, "apply_batch", spy)
     return seen
 
 
@@ -295,5 +295,82 @@ async def test_a_failing_item_fails_alone_in_its_batch(store: Store, batches: li
     assert len(shared) > 1
     # and the store keeps working afterwards
     after = running_run("w", "after")
+    await store.insert_run(after)
+    assert await store.get_run(after.run_id) is not None
+
+
+async def test_an_attempt_that_ends_within_the_loop_iteration_is_written_once(
+    store: Store, batches: list[list[str]]
+) -> None:
+    run = running_run("w")
+    await store.insert_run(run)
+    batches.clear()
+    a = attempt(run.run_id, "t", 1, AttemptStatus.RUNNING, input_json="1")
+    store.start_attempt(a)
+    a.status, a.ended_at, a.output_json = AttemptStatus.COMPLETED, now_us(), "2"
+    await store.end_attempt(a)
+    assert sum(len(b) for b in batches) == 1  # the start was never sent
+    [stored] = await store.attempts(run.run_id)
+    assert (stored.status, stored.input_json, stored.output_json) == (AttemptStatus.COMPLETED, "1", "2")
+
+
+async def test_an_attempt_start_is_written_without_anyone_waiting(store: Store) -> None:
+    run = running_run("w")
+    await store.insert_run(run)
+    store.start_attempt(attempt(run.run_id, "t", 1, AttemptStatus.RUNNING))
+    deadline = time.monotonic() + 5
+    while not await store.attempts(run.run_id):
+        assert time.monotonic() < deadline, "the RUNNING attempt never reached the database"
+        await asyncio.sleep(0.005)
+    [stored] = await store.attempts(run.run_id)
+    assert stored.status is AttemptStatus.RUNNING
+
+
+async def test_close_commits_what_is_queued_even_unsent_starts(project: Path) -> None:
+    path = project / ".moose" / "moose.db"
+    store = await Store.open(path)
+    run = running_run("w")
+    await store.insert_run(run)
+    store.start_attempt(attempt(run.run_id, "t", 1, AttemptStatus.RUNNING))
+    await store.close()  # in the same loop iteration as the start
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT status FROM task_attempts").fetchall() == [("RUNNING",)]
+
+
+async def test_a_multi_statement_item_that_fails_is_undone_alone(store: Store) -> None:
+    """The batch is first tried without savepoints; a failure re-applies it item by item."""
+    await store.insert_run_with_key(running_run("w", "first"), "key-1")
+    good = running_run("w", "good")
+    bad = running_run("w", "second")
+    results = await asyncio.gather(
+        store.insert_run(good),
+        store.insert_run_with_key(bad, "key-1"),  # its run row goes in, then its key fails
+        store.finish_run(good.run_id, RunStatus.COMPLETED, now_us(), None),
+        return_exceptions=True,
+    )
+    assert results[0] is None and isinstance(results[1], sqlite3.IntegrityError) and results[2] is None
+    assert await store.get_run(bad.run_id) is None  # the half that succeeded was undone
+    finished = await store.get_run(good.run_id)
+    assert finished is not None and finished.status is RunStatus.COMPLETED
+
+
+async def test_a_write_after_a_bug_in_a_batch_still_works(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception that is not a database error fails its batch; the writer thread goes on."""
+    real = group_commit.apply_batch
+    calls = 0
+
+    def broken_once(conn: sqlite3.Connection, batch: list[Any]) -> list[BaseException | None]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return real(conn, batch)
+
+    monkeypatch.setattr(group_commit, "apply_batch", broken_once)
+    with pytest.raises(Exception, match="a bug"):
+        await store.insert_run(running_run("w", "a"))
+    after = running_run("w", "b")
     await store.insert_run(after)
     assert await store.get_run(after.run_id) is not None

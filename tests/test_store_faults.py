@@ -21,9 +21,8 @@ from moose_daemon.store import Store
 
 async def limit_pages(store: Store, extra_pages: int) -> None:
     """SQLite's own 'database or disk is full' (SQLITE_FULL), by capping the file's size."""
-    row = await (await store._writer.execute("PRAGMA page_count")).fetchone()
-    assert row is not None
-    await store._writer.execute(f"PRAGMA max_page_count = {int(row[0]) + extra_pages}")
+    pages = await store.on_writer(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+    await store.on_writer(lambda conn: conn.execute(f"PRAGMA max_page_count = {int(pages) + extra_pages}"))
 
 
 async def test_a_full_disk_is_a_503_and_nothing_is_acknowledged_then_it_recovers(harness: Harness) -> None:
