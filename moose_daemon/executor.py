@@ -90,7 +90,8 @@ class Executor:
                     f"cannot resume: workflow '{workflow.name}' has no task '{live.record.start_task}'",
                     retryable=False,
                 )
-            async with asyncio.timeout(workflow.timeout_s):
+            async with asyncio.timeout(workflow.timeout_s) as run_deadline:
+                live.deadline = run_deadline.when()
                 await self._run_tree(live, first, live.record.input_json, _last_in_order(first))
             status, error = RunStatus.COMPLETED, None
         except TaskFailed as e:
@@ -241,10 +242,13 @@ class Executor:
             attempt=attempt.attempt,
         )
         live.context = ctx
-        deadline = asyncio.timeout(task.timeout_s)
+        deadline = _task_deadline(task.timeout_s, live.deadline)
         try:
-            async with deadline:
+            if deadline is None:
                 result = await self._call(task.config.run, ctx)
+            else:
+                async with deadline:
+                    result = await self._call(task.config.run, ctx)
         except asyncio.CancelledError as e:
             current = asyncio.current_task()
             if current is not None and current.cancelling() == 0:
@@ -254,7 +258,7 @@ class Executor:
             await asyncio.shield(self._cancelled(live, task, ctx, attempt))
             raise
         except TimeoutError as e:
-            if deadline.expired():
+            if deadline is not None and deadline.expired():
                 ctx._cancel_requested = True
                 raise _AttemptFailed(
                     "TimeoutError", f"Task '{task.name}' timed out after {_fmt(task.timeout_s)}"
@@ -297,6 +301,17 @@ class Executor:
         if inspect.isawaitable(result):
             result = await result
         return result
+
+
+def _task_deadline(timeout_s: float | None, run_deadline: float | None) -> asyncio.Timeout | None:
+    """The attempt's own timeout; None when it could only fire after the run's (with the defaults, one
+    hour each, it never can): a timer per attempt saved, and the same outcome."""
+    if timeout_s is None:
+        return None
+    when = asyncio.get_running_loop().time() + timeout_s
+    if run_deadline is not None and when >= run_deadline:
+        return None
+    return asyncio.timeout_at(when)
 
 
 def _last_in_order(task: Task[Any, Any]) -> Task[Any, Any]:

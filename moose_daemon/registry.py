@@ -25,6 +25,7 @@ class LiveRun:
     next_attempt: dict[str, int] = field(default_factory=dict)  # task -> attempt number to use next
     failures: dict[str, int] = field(default_factory=dict)  # task -> failed attempts so far
     delay_s: float = 0.0  # wait before the first task (a workflow-level retry's backoff)
+    deadline: float | None = None  # loop time at which the workflow times out (None: never)
     # Set exactly once, synchronously, by whoever decides how the run ends: the conditional
     # transition that makes terminate-versus-complete races harmless.
     outcome: RunStatus | None = None

@@ -49,9 +49,16 @@ def error_response(status: int, error: str, details: str) -> web.Response:
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One error shape for everything, and never a traceback on the wire."""
+async def guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The admin token on /admin routes, and one error shape for everything: never a traceback on the
+    wire. (One middleware rather than two: each level costs every request a coroutine.)"""
     try:
+        if request.path.startswith("/admin"):
+            problem = await request.app[AUTH].check(
+                request.headers.get("Authorization"), request.remote or ""
+            )
+            if problem is not None:
+                return web.Response(status=401, text=problem)
         return await handler(request)
     except MooseError as e:
         response = error_response(e.status, e.error, e.details)
@@ -82,15 +89,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("http.internal_error method=%s path=%s", request.method, request.path)
         return error_response(500, "Internal error", "the daemon hit an unexpected error; see its log")
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/admin"):
-        problem = await request.app[AUTH].check(request.headers.get("Authorization"), request.remote or "")
-        if problem is not None:
-            return web.Response(status=401, text=problem)
-    return await handler(request)
 
 
 # ---- handlers -----------------------------------------------------------------------------------
@@ -348,7 +346,7 @@ def parse_history_query(request: web.Request) -> HistoryQuery:
 
 
 def build_app(engine: Engine, auth: Authenticator, *, dashboard_base: str, max_body: int) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=max_body)
+    app = web.Application(middlewares=[guard_middleware], client_max_size=max_body)
     app[ENGINE] = engine
     app[AUTH] = auth
     app[DASHBOARD_BASE] = dashboard_base

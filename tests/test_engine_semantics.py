@@ -20,7 +20,7 @@ from conftest import FakeClock, Harness, executions
 
 from moose_daemon.engine import Engine
 from moose_daemon.errors import Conflict, NotFound
-from moose_daemon.executor import RetryPolicy
+from moose_daemon.executor import RetryPolicy, _task_deadline
 from moose_daemon.jsonbody import parse_body
 from moose_daemon.loader import load_workflows
 from moose_daemon.models import AttemptRecord, RunRecord, RunStatus
@@ -459,3 +459,15 @@ Workflow(name="selfcancel", config=WorkflowConfig(
         assert final.status is RunStatus.FAILED, final
         again = await d.trigger("selfcancel")  # the workflowId is free again, not a 409
         await d.settle(again.run_id)
+
+
+async def test_an_attempt_gets_a_timer_only_if_it_can_fire_before_the_run_s() -> None:
+    """With the defaults (one hour for the run and for each attempt) the attempt's timer could only
+    fire after the run's, so there is none; a shorter attempt timeout still gets one."""
+    now = asyncio.get_running_loop().time()
+    assert _task_deadline(None, now + 10) is None
+    assert _task_deadline(3600.0, now + 3600) is None
+    assert _task_deadline(20.0, now + 10) is None
+    short = _task_deadline(0.2, now + 10)
+    assert short is not None and short.when() is not None and short.when() < now + 10
+    assert _task_deadline(0.2, None) is not None  # the run never times out: the attempt still does
