@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import random
 import time
-import uuid
 from dataclasses import dataclass
 
 STATUS_PREFIX = "WORKFLOW_EXECUTION_STATUS_"
@@ -102,4 +101,5 @@ def new_run_id() -> str:
     value = (
         (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68) << 64 | 0b10 << 62 | (rand & ((1 << 62) - 1))
     )
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"  # what str(uuid.UUID(int=value)) gives, at half the cost
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
