@@ -675,6 +675,19 @@ async def post_json(s: aiohttp.ClientSession, url: str, body: bytes | None = Non
 _SEQ = itertools.count()
 
 
+async def send_all(s: aiohttp.ClientSession, url: str, n: int, *, workers: int) -> list[Any]:
+    """`n` triggers with unique inputs from `workers` connections, each sending its next trigger as soon
+    as the last one answered (the throughput figure's load), and their answers."""
+    replies: list[Any] = []
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            replies.append(await post_json(s, url, unique_body("k")))
+
+    await asyncio.gather(*(worker(n // workers + (i < n % workers)) for i in range(workers)))
+    return replies
+
+
 def unique_body(tag: str) -> bytes:
     """A fresh input each time, so every trigger gets its own workflowId."""
     return b'{"%s":%d}' % (tag.encode(), next(_SEQ))
@@ -1002,7 +1015,7 @@ class Bench:
             t_wall = time.time()
             with self.window("completed"):
                 t0 = time.perf_counter()
-                replies = await asyncio.gather(*(post_json(s, trigger, unique_body("k")) for _ in range(k)))
+                replies = await send_all(s, trigger, k, workers=CONCURRENCY)
                 acked = time.perf_counter()
                 poll = self.url("/admin/workflows/history?status=RUNNING&workflow=noop&limit=1")
                 deadline = acked + 300
