@@ -17,7 +17,7 @@ def _open_gate() -> asyncio.Event:
     return gate
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LiveRun:
     record: RunRecord
     workflow: Workflow
