@@ -38,6 +38,10 @@ SHUTDOWN_GRACE_S = 10.0
 
 
 def main(mode: str, project_dir: Path, *, port: int | None = None, log_level: str = "info") -> int:
+    # The logging HOWTO's optimisations: no record needs its caller's file and line, thread or process
+    # (the format shows none of them), and at the default level every run logs two lines.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)-7s %(name)s %(message)s",
