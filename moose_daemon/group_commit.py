@@ -16,6 +16,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,9 +46,15 @@ _STOP = None
 
 
 class GroupCommitWriter:
-    def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
+    """`checkpoint_every_s`: see _checkpoint_if_due."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, *, checkpoint_every_s: float = 1.0
+    ) -> None:
         self._conn = conn  # opened with check_same_thread=False; only the writer thread uses it from now on
         self._loop = loop
+        self._checkpoint_every_s = checkpoint_every_s
+        self._last_checkpoint = time.monotonic()
         self._queue: queue.SimpleQueue[_Pending | _Call | None] = queue.SimpleQueue()
         self._stopped: asyncio.Future[None] = loop.create_future()
         self._thread = threading.Thread(target=self._run, name="moose-sqlite-writer", daemon=True)
@@ -77,6 +84,7 @@ class GroupCommitWriter:
                         items.append(self._queue.get_nowait())
                 if not self._handle(items):
                     return
+                self._checkpoint_if_due()
         finally:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
@@ -102,6 +110,23 @@ class GroupCommitWriter:
                 self._to_loop(_succeed, item.done, result)
         self._commit(batch)
         return True
+
+    def _checkpoint_if_due(self) -> None:
+        """A checkpoint from the writer itself, between two batches, about once a second.
+
+        The store's background checkpoint copies the WAL into the database off the commit path, but while
+        this thread keeps committing it never catches up with the WAL's end, and SQLite only starts the
+        WAL over once a checkpoint has reached it: under steady load the WAL grew by gigabytes. Here no
+        commit can land during the checkpoint, so it reaches the end (it has little left to copy), and
+        the next transaction starts the WAL over; journal_size_limit then truncates the file."""
+        now = time.monotonic()
+        if now - self._last_checkpoint < self._checkpoint_every_s:
+            return
+        self._last_checkpoint = now
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as e:
+            log.warning("store.checkpoint_failed error=%s", e)
 
     def _commit(self, batch: list[_Pending]) -> None:
         if not batch:

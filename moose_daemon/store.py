@@ -26,6 +26,7 @@ log = logging.getLogger("moose_daemon.store")
 
 SCHEMA_VERSION = 1
 CHECKPOINT_INTERVAL_S = 0.2
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 _RUN_COLUMNS = "run_id, workflow_id, workflow, status, input, started_at, ended_at, error, attempt, start_task, resumed_from"
 _ATTEMPT_COLUMNS = "run_id, task, attempt, status, started_at, ended_at, input, output, error_type, error"
 
@@ -69,7 +70,14 @@ class Store:
         self._checkpoint_task = asyncio.create_task(self._checkpoint_loop(), name="store-checkpoint")
 
     @classmethod
-    async def open(cls, path: Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000) -> Store:
+    async def open(
+        cls,
+        path: Path,
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout_ms: int = 5000,
+        writer_checkpoint_every_s: float = 1.0,
+    ) -> Store:
         loop = asyncio.get_running_loop()
         conn = await loop.run_in_executor(None, _open_writer, path, synchronous, busy_timeout_ms)
         try:
@@ -78,7 +86,8 @@ class Store:
         except sqlite3.Error as e:
             conn.close()
             raise StoreError(f"cannot open database {path}: {e}") from None
-        return cls(path, GroupCommitWriter(conn, loop), reader)
+        writer = GroupCommitWriter(conn, loop, checkpoint_every_s=writer_checkpoint_every_s)
+        return cls(path, writer, reader)
 
     async def close(self) -> None:
         self._closing = True
@@ -425,6 +434,7 @@ def _prepare(conn: sqlite3.Connection, synchronous: str, busy_timeout_ms: int) -
         raise StoreError("cannot switch the database to WAL mode")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA wal_autocheckpoint = 0")  # Store._checkpoint_loop does it off the commit path
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")  # the WAL file shrinks back
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:

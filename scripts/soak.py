@@ -94,6 +94,9 @@ Workflow(
 '''
 
 TERMINATE_AFTER_S = 0.5
+# SQLite starts the WAL over after each complete checkpoint and truncates it to 64 MiB; a WAL far past that
+# means the checkpoints stopped catching up (it once grew by gigabytes under steady load).
+WAL_LIMIT_BYTES = 256 * 2**20
 
 
 def make_project(root: Path, admin_key: str) -> Path:
@@ -269,9 +272,14 @@ class SoakReport:
     load_s: float = 0.0
     elapsed_s: float = 0.0
     problems: list[str] = field(default_factory=list)
+    wal_max_bytes: int = 0  # the largest the SQLite WAL file was at a sample
 
     def failures(self) -> list[str]:
         out = list(self.problems)
+        if self.wal_max_bytes > WAL_LIMIT_BYTES:
+            out.append(
+                f"the WAL file reached {self.wal_max_bytes / 2**20:.0f} MiB (limit {WAL_LIMIT_BYTES >> 20} MiB)"
+            )
         loaded = [s for s in self.samples if s.label != "idle"]
         idle = [s for s in self.samples if s.label == "idle"]
         if len(idle) < 2 or not loaded:
@@ -317,6 +325,9 @@ class SoakReport:
                 f"  threads  idle {idle[0].threads} -> {idle[-1].threads}; under load at most "
                 f"{max(s.threads for s in loaded)}",
             ]
+        lines.append(
+            f"  WAL      at most {self.wal_max_bytes / 2**20:.1f} MiB at a sample (limit {WAL_LIMIT_BYTES >> 20} MiB)"
+        )
         st = self.stats
         errors = ", ".join(f"{n}x {what}" for what, n in st.errors.most_common()) or "none"
         lines.append(
@@ -334,6 +345,7 @@ async def _soak(work: Path, report: SoakReport, seed: int, quiet: bool) -> None:
 
     key, token = generate_pbkdf2()
     project = make_project(work / "project", key)
+    wal = project / ".moose" / "moose.db-wal"
     daemon = chaos.Daemon(project, work / "daemon.log")
     t_begin = time.monotonic()
     try:
@@ -359,6 +371,8 @@ async def _soak(work: Path, report: SoakReport, seed: int, quiet: bool) -> None:
                 return
             s = sample(daemon.pid, time.monotonic() - t0, load.stats.acknowledged)
             report.samples.append(s)
+            with contextlib.suppress(FileNotFoundError):
+                report.wal_max_bytes = max(report.wal_max_bytes, wal.stat().st_size)
             if mark == warm_mark:
                 report.warm_index = len(report.samples) - 1
             if not quiet:

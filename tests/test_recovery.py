@@ -374,3 +374,40 @@ async def test_a_write_after_a_bug_in_a_batch_still_works(
     after = running_run("w", "b")
     await store.insert_run(after)
     assert await store.get_run(after.run_id) is not None
+
+
+def wal_restarts(path: Path) -> int:
+    """The WAL header's checkpoint sequence number: SQLite adds one each time it starts the WAL over."""
+    with path.with_name(path.name + "-wal").open("rb") as f:
+        return int.from_bytes(f.read(16)[12:16], "big")
+
+
+@pytest.mark.parametrize("checkpoint_every_s", [0.05, None])
+async def test_the_wal_starts_over_under_steady_writes(
+    project: Path, checkpoint_every_s: float | None
+) -> None:
+    """A checkpoint from another connection never catches up with a writer that keeps committing, and
+    SQLite starts the WAL over only once one has: the WAL grew by gigabytes under steady load. The writer
+    now checkpoints between batches (`None` here turns that off, to show the test can tell)."""
+    path = project / ".moose" / "moose.db"
+    store = await Store.open(path, writer_checkpoint_every_s=checkpoint_every_s or 1e9)
+    try:
+        await store.insert_run(running_run("w", "first"))
+        before = wal_restarts(path)
+        deadline = time.monotonic() + 1.5
+        count = 0
+
+        async def writer(k: int) -> None:
+            nonlocal count
+            while time.monotonic() < deadline:
+                count += 1
+                await store.insert_run(running_run("w", f"w-{k}-{count}"))
+
+        await asyncio.gather(*(writer(k) for k in range(32)))
+        restarts = wal_restarts(path) - before
+    finally:
+        await store.close()
+    if checkpoint_every_s is None:
+        assert restarts <= 3, "the background checkpoints were enough after all: the test proves nothing"
+    else:
+        assert restarts >= 8  # about 28 here: one every 0.05 s
