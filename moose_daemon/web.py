@@ -109,7 +109,8 @@ async def trigger(request: web.Request) -> web.Response:
         raise InvalidRequest(
             "Idempotency-Key must be 1 to 255 printable ASCII characters", error="Invalid request"
         )
-    raw_policy = _single(request, "conflict") or ConflictPolicy.FAIL.value
+    # request.query parses the query string into a MultiDict: most triggers have none
+    raw_policy = (request.query_string and _single(request, "conflict")) or ConflictPolicy.FAIL.value
     try:
         policy = ConflictPolicy(raw_policy)
     except ValueError:
